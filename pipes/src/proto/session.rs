@@ -1,0 +1,686 @@
+//! One striped session, both directions, without any IO.
+//!
+//! The session turns application bytes into frames for stripes and frames from
+//! stripes back into application bytes. The caller (the striped pipe, or a
+//! simulation) owns the sockets and the clock:
+//!
+//! - application side: [`Session::write`], [`Session::shutdown_write`],
+//!   [`Session::readable`] / [`Session::consume`], [`Session::read_eof`];
+//! - stripe side: [`Session::handle_frame`] for every frame that arrives,
+//!   [`Session::poll_transmit`] for the next frame to write and the stripe to
+//!   write it on, [`Session::send_slices`] for the payload bytes of a DATA
+//!   transmit, and `stripe_*` calls for what the sockets report.
+//!
+//! Every byte sent stays in the send buffer until the peer acknowledges that
+//! its application took it (the data-level ACK). Frames sent on a stripe are
+//! recorded in that stripe's ledger, so when a stripe dies its unacknowledged
+//! ranges are sent again on the others; the receiver drops what it already
+//! has. The sender never has more than the peer's window unacknowledged,
+//! which bounds the peer's reassembly memory and means the peer never has to
+//! stop reading a stripe: reassembly cannot deadlock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::frame::{ACK_FIN, Frame, FrameType, HEADER_LEN, Header, rst_payload};
+use super::handshake::{MIN_MAX_PAYLOAD, MIN_WINDOW};
+use super::reassembly::{Reassembler, ReassemblyError};
+use super::ring::ByteRing;
+use super::scheduler::{self, RateEstimator, StripeView};
+
+/// Tunables of a session; both ends choose their own.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Receive window: the most this end buffers for reassembly, and so the
+    /// most the peer may have unacknowledged.
+    pub window: u32,
+    /// Largest DATA payload this end accepts.
+    pub max_payload: u32,
+    /// Largest DATA payload this end sends (capped by the peer's maximum).
+    pub frame_size: usize,
+    /// Application bytes accepted ahead of the stripes. Small on purpose:
+    /// bytes wait in the application's socket, not in the tunnel, until a
+    /// stripe can really carry them.
+    pub unsent_limit: usize,
+    /// Out-of-order pieces the reassembler tracks before refusing more.
+    pub max_pieces: usize,
+    /// Window over which stripe drain rates are measured.
+    pub rate_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            window: 8 << 20,
+            max_payload: 256 << 10,
+            frame_size: 32 << 10,
+            unsent_limit: 256 << 10,
+            max_pieces: 16_384,
+            rate_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Abort reasons carried in RST frames.
+pub mod reset {
+    pub const PROTOCOL: u16 = 1;
+    pub const APP_RESET: u16 = 2;
+    pub const TARGET_UNREACHABLE: u16 = 3;
+    pub const SHUTDOWN: u16 = 4;
+    pub const ALL_STRIPES_LOST: u16 = 5;
+    pub const AUTH: u16 = 6;
+    pub const TIMEOUT: u16 = 7;
+}
+
+/// Why a session ended abnormally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A DATA frame the reassembler refused.
+    Data { stripe: usize, err: ReassemblyError },
+    /// The peer acknowledged bytes never sent.
+    AckBeyondSent { stripe: usize, ack: u64, sent: u64 },
+    /// The peer's FIN disagrees with an earlier FIN or with data already seen.
+    FinMismatch { stripe: usize, fin: u64, seen: u64 },
+    /// The peer acknowledged a FIN at an offset we never sent a FIN for.
+    BadFinAck { stripe: usize, ack: u64 },
+    /// The peer aborted the session.
+    PeerReset { code: u16, reason: String },
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Data { stripe, err } => write!(f, "stripe {stripe}: {err}"),
+            SessionError::AckBeyondSent { stripe, ack, sent } => {
+                write!(
+                    f,
+                    "stripe {stripe}: ACK of offset {ack} but only {sent} bytes were sent"
+                )
+            }
+            SessionError::FinMismatch { stripe, fin, seen } => write!(
+                f,
+                "stripe {stripe}: FIN at offset {fin} contradicts the stream seen so far (up to {seen})"
+            ),
+            SessionError::BadFinAck { stripe, ack } => {
+                write!(
+                    f,
+                    "stripe {stripe}: FIN acknowledged at offset {ack}, not where ours was"
+                )
+            }
+            SessionError::PeerReset { reason, .. } => write!(f, "peer reset the session: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// One frame to write, and where.
+#[derive(Debug)]
+#[must_use]
+pub struct Transmit {
+    pub stripe: usize,
+    pub header: [u8; HEADER_LEN],
+    /// DATA payload: `(offset, len)` in the send buffer, see [`Session::send_slices`].
+    pub data: Option<(u64, usize)>,
+    /// Payload carried by value (RST).
+    pub inline: Vec<u8>,
+}
+
+impl Transmit {
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.data.map_or(0, |d| d.1) + self.inline.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Counters for the close log line.
+#[derive(Clone, Debug, Default)]
+pub struct SessionStats {
+    /// Application bytes taken in to send.
+    pub bytes_out: u64,
+    /// Application bytes delivered from the peer.
+    pub bytes_in: u64,
+    /// Bytes sent a second time after a stripe was lost.
+    pub bytes_resent: u64,
+    pub stripes_lost: u64,
+}
+
+struct Stripe {
+    up: bool,
+    writable: bool,
+    /// Kernel bytes unsent or unacknowledged, as last measured.
+    kernel_queued: u64,
+    /// Bytes handed to this stripe since that measurement.
+    queued_since: u64,
+    rate: RateEstimator,
+    rtt: Option<Duration>,
+    /// Data ranges sent on this stripe and not yet known to be acknowledged.
+    ledger: VecDeque<(u64, u64)>,
+    rst_sent: bool,
+    pong_due: Option<u64>,
+}
+
+pub struct Session {
+    cfg: SessionConfig,
+    // Outgoing direction.
+    send: ByteRing,
+    /// Stream offset of send buffer position 0: everything below is acked.
+    acked: u64,
+    /// First offset never handed to a stripe.
+    next_new: u64,
+    /// Ranges to send again (their stripe died before they were acked).
+    resend: BTreeMap<u64, u64>,
+    peer_window: u64,
+    peer_max_payload: usize,
+    fin_out: Option<u64>,
+    fin_sent_on: Option<usize>,
+    fin_acked: bool,
+    // Incoming direction.
+    recv: Reassembler,
+    fin_in: Option<u64>,
+    ack_sent: u64,
+    ack_due: bool,
+    fin_ack_sent: bool,
+    // Both.
+    stripes: Vec<Stripe>,
+    rst_out: Option<(u16, String)>,
+    views: Vec<StripeView>,
+    stats: SessionStats,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, stripes: usize) -> Session {
+        let recv = Reassembler::new(cfg.window as u64, cfg.max_pieces);
+        let stripes = (0..stripes)
+            .map(|_| Stripe::new(cfg.rate_interval))
+            .collect();
+        Session {
+            send: ByteRing::new(),
+            acked: 0,
+            next_new: 0,
+            resend: BTreeMap::new(),
+            peer_window: MIN_WINDOW as u64,
+            peer_max_payload: MIN_MAX_PAYLOAD as usize,
+            fin_out: None,
+            fin_sent_on: None,
+            fin_acked: false,
+            recv,
+            fin_in: None,
+            ack_sent: 0,
+            ack_due: false,
+            fin_ack_sent: false,
+            stripes,
+            rst_out: None,
+            views: Vec::new(),
+            stats: SessionStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// The peer's window and frame cap, learned in the handshake. Until then
+    /// the protocol minimums apply.
+    pub fn set_peer_params(&mut self, window: u32, max_payload: u32) {
+        self.peer_window = window.max(MIN_WINDOW) as u64;
+        self.peer_max_payload = max_payload.max(MIN_MAX_PAYLOAD) as usize;
+    }
+
+    // ---- application side ----
+
+    /// Takes application bytes to send; returns how many (0 = come back
+    /// when the peer has acknowledged more or a stripe has taken more).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        if self.fin_out.is_some() || self.rst_out.is_some() {
+            return 0;
+        }
+        let end = self.send_end();
+        let window_room = (self.acked + self.peer_window).saturating_sub(end);
+        let unsent = end - self.next_new;
+        let unsent_room = (self.cfg.unsent_limit as u64).saturating_sub(unsent);
+        let n = (data.len() as u64).min(window_room).min(unsent_room) as usize;
+        let n = self.send.push(&data[..n], self.peer_window as usize);
+        self.stats.bytes_out += n as u64;
+        n
+    }
+
+    /// True when [`Session::write`] would take at least one byte.
+    pub fn can_write(&self) -> bool {
+        let end = self.send_end();
+        self.fin_out.is_none()
+            && self.rst_out.is_none()
+            && end < self.acked + self.peer_window
+            && end - self.next_new < self.cfg.unsent_limit as u64
+    }
+
+    /// No more application bytes will follow: a FIN goes out at the current end.
+    pub fn shutdown_write(&mut self) {
+        if self.fin_out.is_none() {
+            self.fin_out = Some(self.send_end());
+        }
+    }
+
+    /// In-order bytes ready for the application.
+    pub fn readable(&self) -> &[u8] {
+        self.recv.readable()
+    }
+
+    /// The application took `n` bytes of [`Session::readable`].
+    pub fn consume(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.recv.consume(n);
+        self.stats.bytes_in += n as u64;
+        let delivered = self.recv.delivered();
+        let step = (self.cfg.window as u64 / 8).max(1);
+        if delivered - self.ack_sent >= step || delivered == self.recv.ready() {
+            self.ack_due = true;
+        }
+    }
+
+    /// The peer's FIN has been reached: the application has read everything.
+    pub fn read_eof(&self) -> bool {
+        self.fin_in == Some(self.recv.delivered())
+    }
+
+    /// Both directions are closed and acknowledged: nothing is left to send
+    /// or to wait for.
+    pub fn is_finished(&self) -> bool {
+        self.fin_acked && self.read_eof() && self.fin_ack_sent
+    }
+
+    /// Our FIN was acknowledged: the peer's application got every byte.
+    pub fn write_finished(&self) -> bool {
+        self.fin_acked
+    }
+
+    /// Bytes between the two applications in this direction: taken from
+    /// ours, not yet delivered to the peer's.
+    pub fn send_backlog(&self) -> u64 {
+        self.send_end() - self.acked
+    }
+
+    /// Bytes received that our application has not taken.
+    pub fn recv_backlog(&self) -> u64 {
+        self.recv.buffered()
+    }
+
+    /// Storage held by the two buffers.
+    pub fn buffer_capacity(&self) -> usize {
+        self.send.capacity() + self.recv.capacity()
+    }
+
+    /// Frees buffers that hold nothing (called when the session goes idle).
+    pub fn release_idle_buffers(&mut self) {
+        self.send.release_if_empty();
+        self.recv.release_if_empty();
+    }
+
+    /// Aborts: every live stripe will carry an RST, then nothing more.
+    pub fn abort(&mut self, code: u16, reason: &str) {
+        if self.rst_out.is_none() {
+            self.rst_out = Some((code, reason.to_string()));
+        }
+    }
+
+    /// True once every live stripe has been given its RST.
+    pub fn abort_sent(&self) -> bool {
+        self.rst_out.is_some() && self.stripes.iter().all(|s| !s.up || s.rst_sent)
+    }
+
+    // ---- stripe side ----
+
+    pub fn stripe_count(&self) -> usize {
+        self.stripes.len()
+    }
+
+    pub fn stripes_up(&self) -> usize {
+        self.stripes.iter().filter(|s| s.up).count()
+    }
+
+    pub fn is_stripe_up(&self, i: usize) -> bool {
+        self.stripes.get(i).is_some_and(|s| s.up)
+    }
+
+    /// Stripe `i` can carry frames (it is connected and handshaken).
+    pub fn stripe_up(&mut self, i: usize) {
+        if i >= self.stripes.len() {
+            self.stripes
+                .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
+        }
+        self.stripes[i] = Stripe::new(self.cfg.rate_interval);
+        self.stripes[i].up = true;
+        self.stripes[i].writable = true;
+        // A new stripe after a loss: tell the peer where we are.
+        if self.recv.delivered() > 0 || self.fin_in.is_some() {
+            self.ack_due = true;
+        }
+    }
+
+    /// Stripe `i` is gone. Whatever it carried that is not acknowledged will
+    /// be sent again on the others.
+    pub fn stripe_down(&mut self, i: usize) {
+        let Some(s) = self.stripes.get_mut(i) else {
+            return;
+        };
+        if !s.up {
+            return;
+        }
+        s.up = false;
+        s.writable = false;
+        self.stats.stripes_lost += 1;
+        let ledger = std::mem::take(&mut s.ledger);
+        for (start, end) in ledger {
+            let start = start.max(self.acked);
+            if start < end {
+                add_range(&mut self.resend, start, end);
+            }
+        }
+        if self.fin_sent_on == Some(i) && !self.fin_acked {
+            self.fin_sent_on = None;
+        }
+    }
+
+    /// Stripe `i` returned WouldBlock (false) or reported writable (true).
+    pub fn set_stripe_writable(&mut self, i: usize, writable: bool) {
+        if let Some(s) = self.stripes.get_mut(i) {
+            s.writable = writable && s.up;
+        }
+    }
+
+    /// Fresh numbers from the kernel for stripe `i`: bytes it holds unsent or
+    /// unacknowledged, and cumulative bytes the peer's kernel acknowledged.
+    pub fn update_stripe(
+        &mut self,
+        i: usize,
+        now: Instant,
+        kernel_queued: u64,
+        delivered: u64,
+        rtt: Option<Duration>,
+    ) {
+        if let Some(s) = self.stripes.get_mut(i) {
+            s.kernel_queued = kernel_queued;
+            s.queued_since = 0;
+            s.rate.on_sample(now, delivered, kernel_queued > 0);
+            if rtt.is_some() {
+                s.rtt = rtt;
+            }
+        }
+    }
+
+    /// The drain rate measured on stripe `i`, bytes per second.
+    pub fn stripe_rate(&self, i: usize) -> Option<f64> {
+        self.stripes.get(i).and_then(|s| s.rate.rate())
+    }
+
+    /// A frame arrived on stripe `i`.
+    pub fn handle_frame(&mut self, i: usize, frame: Frame<'_>) -> Result<(), SessionError> {
+        let h = frame.header;
+        match h.ty {
+            FrameType::Data => {
+                self.recv
+                    .insert(h.value, frame.payload, self.fin_in)
+                    .map_err(|err| SessionError::Data { stripe: i, err })?;
+            }
+            FrameType::Ack => self.handle_ack(i, h.value, h.flags & ACK_FIN != 0)?,
+            FrameType::Fin => {
+                let seen = self.recv.delivered() + self.recv.buffered();
+                if self.fin_in.is_some_and(|f| f != h.value) || h.value < seen {
+                    return Err(SessionError::FinMismatch {
+                        stripe: i,
+                        fin: h.value,
+                        seen,
+                    });
+                }
+                self.fin_in = Some(h.value);
+                if self.read_eof() {
+                    self.ack_due = true;
+                }
+            }
+            FrameType::Rst => {
+                let (code, reason) = super::frame::parse_rst(frame.payload);
+                return Err(SessionError::PeerReset { code, reason });
+            }
+            FrameType::Ping => {
+                if let Some(s) = self.stripes.get_mut(i) {
+                    s.pong_due = Some(h.value);
+                }
+            }
+            FrameType::Pong => {}
+        }
+        Ok(())
+    }
+
+    fn handle_ack(&mut self, i: usize, ack: u64, fin: bool) -> Result<(), SessionError> {
+        let sent = self.highest_sent();
+        if ack > sent {
+            return Err(SessionError::AckBeyondSent {
+                stripe: i,
+                ack,
+                sent,
+            });
+        }
+        if fin {
+            if self.fin_out != Some(ack) {
+                return Err(SessionError::BadFinAck { stripe: i, ack });
+            }
+            self.fin_acked = true;
+        }
+        if ack > self.acked {
+            self.send.advance((ack - self.acked) as usize);
+            self.acked = ack;
+            for s in &mut self.stripes {
+                while let Some(&(_, end)) = s.ledger.front() {
+                    if end > ack {
+                        break;
+                    }
+                    s.ledger.pop_front();
+                }
+            }
+            while let Some((&start, &end)) = self.resend.first_key_value() {
+                self.resend.remove(&start);
+                if end > ack {
+                    self.resend.insert(start.max(ack), end);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_end(&self) -> u64 {
+        self.acked + self.send.extent() as u64
+    }
+
+    /// One past the highest offset ever handed to a stripe.
+    fn highest_sent(&self) -> u64 {
+        self.next_new
+    }
+
+    /// The payload bytes of a DATA transmit.
+    pub fn send_slices(&self, offset: u64, len: usize) -> (&[u8], &[u8]) {
+        debug_assert!(
+            offset >= self.acked,
+            "payload of a transmit was acked before it was written"
+        );
+        self.send.slices((offset - self.acked) as usize, len)
+    }
+
+    /// The next frame to write, or `None` until something changes (a stripe
+    /// becomes writable, the application writes, a frame arrives).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some((code, reason)) = &self.rst_out {
+            let i = self
+                .stripes
+                .iter()
+                .position(|s| s.up && s.writable && !s.rst_sent)?;
+            self.stripes[i].rst_sent = true;
+            let payload = rst_payload(*code, reason);
+            return Some(self.control(i, FrameType::Rst, 0, 0, payload));
+        }
+        if let Some(i) = self
+            .stripes
+            .iter()
+            .position(|s| s.up && s.writable && s.pong_due.is_some())
+        {
+            let v = self.stripes[i].pong_due.take().expect("checked");
+            return Some(self.control(i, FrameType::Pong, 0, v, Vec::new()));
+        }
+        if self.ack_due {
+            let i = self.choose(HEADER_LEN as u64)?;
+            self.ack_due = false;
+            let delivered = self.recv.delivered();
+            self.ack_sent = delivered;
+            let mut flags = 0;
+            if self.read_eof() {
+                flags = ACK_FIN;
+                self.fin_ack_sent = true;
+            }
+            return Some(self.control(i, FrameType::Ack, flags, delivered, Vec::new()));
+        }
+        if let Some(t) = self.poll_data() {
+            return Some(t);
+        }
+        // The FIN goes after the last data has been handed out, so a stripe
+        // that is up never sees the FIN before data it could have carried.
+        if let Some(fin) = self.fin_out
+            && self.fin_sent_on.is_none()
+            && !self.fin_acked
+            && self.next_new == fin
+            && self.resend.is_empty()
+        {
+            let i = self.choose(HEADER_LEN as u64)?;
+            self.fin_sent_on = Some(i);
+            return Some(self.control(i, FrameType::Fin, 0, fin, Vec::new()));
+        }
+        None
+    }
+
+    fn poll_data(&mut self) -> Option<Transmit> {
+        let max = self.cfg.frame_size.min(self.peer_max_payload) as u64;
+        let (offset, len, resend) = if let Some((&s, &e)) = self.resend.first_key_value() {
+            (s, (e - s).min(max), true)
+        } else if self.next_new < self.send_end() {
+            (
+                self.next_new,
+                (self.send_end() - self.next_new).min(max),
+                false,
+            )
+        } else {
+            return None;
+        };
+        let i = self.choose(HEADER_LEN as u64 + len)?;
+        if resend {
+            let end = self.resend.remove(&offset).expect("first key");
+            if offset + len < end {
+                self.resend.insert(offset + len, end);
+            }
+            self.stats.bytes_resent += len;
+        } else {
+            self.next_new += len;
+        }
+        let header = {
+            let (a, b) = self.send_slices(offset, len as usize);
+            Header {
+                ty: FrameType::Data,
+                flags: 0,
+                len: len as u32,
+                value: offset,
+            }
+            .encode(&[a, b])
+        };
+        let s = &mut self.stripes[i];
+        match s.ledger.back_mut() {
+            Some(last) if last.1 == offset => last.1 += len,
+            _ => s.ledger.push_back((offset, offset + len)),
+        }
+        s.queued_since += HEADER_LEN as u64 + len;
+        Some(Transmit {
+            stripe: i,
+            header,
+            data: Some((offset, len as usize)),
+            inline: Vec::new(),
+        })
+    }
+
+    fn control(
+        &mut self,
+        i: usize,
+        ty: FrameType,
+        flags: u8,
+        value: u64,
+        inline: Vec<u8>,
+    ) -> Transmit {
+        let header = Header {
+            ty,
+            flags,
+            len: inline.len() as u32,
+            value,
+        }
+        .encode(&[&inline]);
+        self.stripes[i].queued_since += (HEADER_LEN + inline.len()) as u64;
+        Transmit {
+            stripe: i,
+            header,
+            data: None,
+            inline,
+        }
+    }
+
+    fn choose(&mut self, len: u64) -> Option<usize> {
+        self.views.clear();
+        self.views.extend(self.stripes.iter().map(|s| StripeView {
+            up: s.up,
+            writable: s.writable,
+            queued: s.kernel_queued + s.queued_since,
+            rate: s.rate.rate(),
+            rtt: s.rtt,
+        }));
+        let backlog =
+            self.send_end() - self.next_new + self.resend.iter().map(|(s, e)| e - s).sum::<u64>();
+        scheduler::choose(&self.views, len, backlog.max(len))
+    }
+}
+
+impl Stripe {
+    fn new(rate_interval: Duration) -> Stripe {
+        Stripe {
+            up: false,
+            writable: false,
+            kernel_queued: 0,
+            queued_since: 0,
+            rate: RateEstimator::new(rate_interval),
+            rtt: None,
+            ledger: VecDeque::new(),
+            rst_sent: false,
+            pong_due: None,
+        }
+    }
+}
+
+fn add_range(set: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
+    let touching: Vec<u64> = set
+        .range(..=end)
+        .rev()
+        .take_while(|&(_, &e)| e >= start)
+        .map(|(&s, _)| s)
+        .collect();
+    for s in touching {
+        let e = set.remove(&s).expect("listed");
+        start = start.min(s);
+        end = end.max(e);
+    }
+    set.insert(start, end);
+}

@@ -1,0 +1,1 @@
+//! striper core

@@ -1,0 +1,4 @@
+//! Test support for striper: a userspace link emulator ([`linkemu`]) that caps
+//! each TCP connection on its own, and helpers the end-to-end tests share.
+
+pub mod linkemu;
