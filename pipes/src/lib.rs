@@ -5,3 +5,16 @@
 //! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`.
 
 pub mod proto;
+
+mod buf;
+pub mod framed;
+pub mod striped;
+pub mod sys;
+pub mod tcp;
+
+pub use framed::FramedPipe;
+pub use striped::{StripedConfig, StripedPipe};
+pub use tcp::TcpPipe;
+pub mod opts;
+pub mod stdio;
+pub use stdio::StdioPipe;

@@ -1,1 +1,341 @@
-fn main() {}
+//! stripe-client: accepts TCP connections (or uses standard input/output)
+//! and carries each one to a stripe-server over N parallel TCP stripes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use log::{error, info, warn};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use pipes::opts::TuningOpts;
+use pipes::proto::handshake::short_id;
+use pipes::striped::new_session_id;
+use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
+use striper_core::config::{human_bytes, init_logging, resolve};
+use striper_core::signals::Signals;
+use striper_core::{
+    Bridge, Ctx, ErrorKind, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+};
+
+/// Carry TCP connections to a stripe-server over N parallel TCP connections.
+///
+/// Each connection accepted on --listen (or standard input/output with
+/// --stdio) becomes one session, striped over --stripes TCP connections to
+/// the server and reassembled in order there. Per-flow bandwidth caps on the
+/// path then apply to each stripe, not to the whole session.
+///
+/// Examples:
+///   stripe-client --listen 127.0.0.1:2222 --server host:7900 --stripes 4
+///   ssh -p 2222 user@127.0.0.1
+///   ssh -o ProxyCommand='stripe-client --stdio --server host:7900' user@host
+///
+/// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
+#[derive(Parser, Debug)]
+#[command(name = "stripe-client", version, verbatim_doc_comment)]
+struct Opts {
+    /// Local address to accept connections on, e.g. 127.0.0.1:2222 or [::1]:2222.
+    #[arg(
+        short,
+        long,
+        value_name = "ADDR",
+        required_unless_present = "stdio",
+        conflicts_with = "stdio"
+    )]
+    listen: Option<String>,
+
+    /// Carry standard input and output instead of listening (one session,
+    /// then exit): for ssh's ProxyCommand.
+    #[arg(long)]
+    stdio: bool,
+
+    /// The stripe-server, HOST:PORT (a name, an IPv4 address or [IPv6]:PORT).
+    #[arg(short, long, value_name = "HOST:PORT")]
+    server: String,
+
+    /// Parallel TCP connections per session.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(1..=64))]
+    stripes: u8,
+
+    #[command(flatten)]
+    tuning: TuningOpts,
+}
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Sessions get this long to send their RSTs after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    init_logging();
+    match run(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(opts: Opts) -> Result<ExitCode, String> {
+    let cfg = opts.tuning.to_config()?;
+    let server_addrs = resolve("server", &opts.server)?;
+    let server = Server {
+        addr: server_addrs[0],
+        name: opts.server.clone(),
+    };
+    if server_addrs.len() > 1 {
+        info!(
+            "server {} resolves to {} addresses; using {}",
+            server.name,
+            server_addrs.len(),
+            server.addr
+        );
+    }
+    if opts.stdio {
+        return run_stdio(cfg, &server, opts.stripes);
+    }
+    let listen = opts.listen.expect("clap requires --listen without --stdio");
+    let addrs = resolve("listen address", &listen)?;
+    let mut reactor: Reactor<Tunnel<TcpPipe>> =
+        Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+    let mut listener = bind(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    reactor
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    let mut signals = Signals::register(reactor.registry(), SIGNALS)
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    info!(
+        "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
+        server.name, server.addr, opts.stripes
+    );
+    let mut own = Vec::new();
+    let mut done = Vec::new();
+    let mut shutdown: Option<Instant> = None;
+    loop {
+        reactor
+            .poll(&mut own, None)
+            .map_err(|e| format!("event loop failed: {e}"))?;
+        for (token, _) in own.drain(..) {
+            match token {
+                LISTENER if shutdown.is_none() => {
+                    accept_all(&mut listener, &mut reactor, &cfg, &server, opts.stripes)
+                }
+                SIGNALS if signals.take() => {
+                    if shutdown.is_some() {
+                        info!("second signal: exiting now");
+                        return Ok(ExitCode::from(130));
+                    }
+                    info!(
+                        "signal received: no new connections; closing {} session(s)",
+                        reactor.len()
+                    );
+                    let _ = reactor.registry().deregister(&mut listener);
+                    shutdown = Some(Instant::now());
+                    let reason =
+                        PipeError::new(ErrorKind::Shutdown, "stripe-client is shutting down");
+                    for (_, t) in reactor.iter_mut() {
+                        t.bridge.abort(reason.clone());
+                    }
+                    reactor.wake_all();
+                }
+                _ => {}
+            }
+        }
+        reactor.run(&mut done);
+        for (_, t) in done.drain(..) {
+            t.log_close();
+        }
+        if let Some(since) = shutdown {
+            if reactor.is_empty() {
+                info!("all sessions closed; exiting");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if since.elapsed() > SHUTDOWN_GRACE {
+                warn!(
+                    "{} session(s) did not close in time; exiting",
+                    reactor.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCode, String> {
+    let mut reactor: Reactor<Tunnel<StdioPipe>> =
+        Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+    let mut signals = Signals::register(reactor.registry(), SIGNALS)
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let stdio = StdioPipe::new().map_err(|e| format!("cannot use standard input/output: {e}"))?;
+    let tunnel = Tunnel::new(
+        stdio,
+        "standard input/output".to_string(),
+        &cfg,
+        server,
+        stripes,
+    )
+    .map_err(|e| e.to_string())?;
+    reactor
+        .spawn(tunnel)
+        .map_err(|e| format!("cannot register standard input/output: {e}"))?;
+    let mut own = Vec::new();
+    let mut done = Vec::new();
+    loop {
+        reactor
+            .poll(&mut own, None)
+            .map_err(|e| format!("event loop failed: {e}"))?;
+        for (token, _) in own.drain(..) {
+            if token == SIGNALS && signals.take() {
+                let reason = PipeError::new(ErrorKind::Shutdown, "stripe-client is shutting down");
+                for (_, t) in reactor.iter_mut() {
+                    t.bridge.abort(reason.clone());
+                }
+                reactor.wake(0);
+            }
+        }
+        reactor.run(&mut done);
+        if let Some((_, t)) = done.pop() {
+            t.log_close();
+            let ok = matches!(t.bridge.outcome(), Some(Outcome::Finished));
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    name: String,
+}
+
+fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(*a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
+fn accept_all(
+    listener: &mut TcpListener,
+    reactor: &mut Reactor<Tunnel<TcpPipe>>,
+    cfg: &StripedConfig,
+    server: &Server,
+    stripes: u8,
+) {
+    loop {
+        match listener.accept() {
+            Ok((sock, peer)) => {
+                let app = TcpPipe::accepted(sock, format!("client {peer}"));
+                match Tunnel::new(app, format!("client {peer}"), cfg, server, stripes) {
+                    Ok(t) => {
+                        if let Err(e) = reactor.spawn(t) {
+                            warn!("connection from {peer} dropped: cannot register it: {e}");
+                        }
+                    }
+                    Err(e) => warn!("connection from {peer} closed: {e}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of descriptors and the like: say so, keep serving.
+                warn!("accept failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One tunneled connection: the application's side and the striped side.
+struct Tunnel<P> {
+    bridge: Bridge<P, StripedPipe>,
+    peer: String,
+    server: String,
+    started: Instant,
+}
+
+impl<P: Pipe> Tunnel<P> {
+    fn new(
+        app: P,
+        peer: String,
+        cfg: &StripedConfig,
+        server: &Server,
+        stripes: u8,
+    ) -> Result<Tunnel<P>, PipeError> {
+        let id = new_session_id();
+        let striped = StripedPipe::client(cfg.clone(), server.addr, &server.name, stripes, id)?;
+        info!(
+            "session {} opened: {peer} -> server {} over {stripes} stripes",
+            short_id(&id),
+            server.name
+        );
+        Ok(Tunnel {
+            bridge: Bridge::new(app, striped),
+            peer,
+            server: server.name.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    fn log_close(&self) {
+        let striped = self.bridge.b();
+        let stats = striped.session().stats();
+        let (up, down) = self.bridge.bytes();
+        let why = match self.bridge.outcome() {
+            Some(Outcome::Finished) | None => "both sides closed".to_string(),
+            Some(Outcome::Failed { error, .. }) => error.message.clone(),
+        };
+        let line = format!(
+            "session {} closed after {:.1} s: {} <-> server {}, {} stripes, sent {}, received {}{}; {why}",
+            short_id(striped.id()),
+            self.started.elapsed().as_secs_f64(),
+            self.peer,
+            self.server,
+            striped.stripe_count(),
+            human_bytes(up),
+            human_bytes(down),
+            resend_note(stats.stripes_lost, stats.bytes_resent),
+        );
+        match self.bridge.outcome() {
+            Some(Outcome::Failed { .. }) => warn!("{line}"),
+            _ => info!("{line}"),
+        }
+    }
+}
+
+fn resend_note(lost: u64, resent: u64) -> String {
+    if lost == 0 {
+        String::new()
+    } else {
+        format!(", {lost} stripe(s) lost, {} re-sent", human_bytes(resent))
+    }
+}
+
+impl<P: Pipe> Task for Tunnel<P> {
+    fn register(&mut self, registry: &Registry, span: TokenSpan) -> io::Result<()> {
+        self.bridge.register(registry, span)
+    }
+    fn deregister(&mut self, registry: &Registry) {
+        self.bridge.deregister(registry)
+    }
+    fn on_ready(&mut self, token: Token, ready: Ready) {
+        self.bridge.on_ready(token, ready)
+    }
+    fn run(&mut self, cx: &mut Ctx<'_>) -> TaskStatus {
+        self.bridge.run(cx)
+    }
+}

@@ -1,1 +1,15 @@
-//! striper core
+//! striper's core: the [`Pipe`] trait, the [`Bridge`] that relays between
+//! two pipes, and the [`Reactor`] event loop they run on.
+//!
+//! Nothing here knows about stripes or frames; the `pipes` crate builds
+//! those on top.
+
+pub mod bridge;
+pub mod config;
+pub mod pipe;
+pub mod reactor;
+pub mod signals;
+
+pub use bridge::{Bridge, Outcome, Side, Status};
+pub use pipe::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
+pub use reactor::{Reactor, SPAN, Task, TaskStatus};

@@ -1,1 +1,472 @@
-fn main() {}
+//! stripe-server: accepts stripes from stripe-clients, groups them into
+//! sessions, and relays each session to the configured target.
+
+mod handshake;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use log::{debug, error, info, warn};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use pipes::opts::TuningOpts;
+use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
+use pipes::{StripedConfig, StripedPipe, TcpPipe};
+use striper_core::config::{human_bytes, init_logging, parse_secs, resolve};
+use striper_core::signals::Signals;
+use striper_core::{
+    Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+};
+
+use handshake::{Handshake, Progress};
+
+/// Accept striped sessions from stripe-clients and relay each to a target.
+///
+/// Every session's stripes arrive as separate TCP connections; the server
+/// groups them by session id, connects to --target once per session, and
+/// reassembles the byte stream in order.
+///
+/// Example:
+///   stripe-server --listen 0.0.0.0:7900 --target 127.0.0.1:22
+///
+/// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
+#[derive(Parser, Debug)]
+#[command(name = "stripe-server", version, verbatim_doc_comment)]
+struct Opts {
+    /// Address to accept stripes on, e.g. 0.0.0.0:7900 or [::]:7900.
+    #[arg(short, long, value_name = "ADDR")]
+    listen: String,
+
+    /// Where every session is relayed to, HOST:PORT. Resolved once at start.
+    #[arg(short, long, value_name = "HOST:PORT")]
+    target: String,
+
+    /// Most sessions open at once; stripes of new sessions beyond it are refused.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_sessions: usize,
+
+    /// Most connections still in their handshake at once; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_pending: usize,
+
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+
+    #[command(flatten)]
+    tuning: TuningOpts,
+}
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Finished session ids remembered, so a stripe naming one is refused.
+const FINISHED_MEMORY: usize = 65_536;
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    init_logging();
+    match run(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum ServerTask {
+    Handshake(Handshake),
+    Session(Box<SessionTask>),
+}
+
+struct SessionTask {
+    bridge: Bridge<StripedPipe, TcpPipe>,
+    client: SocketAddr,
+    started: Instant,
+}
+
+impl Task for ServerTask {
+    fn register(&mut self, registry: &Registry, span: TokenSpan) -> io::Result<()> {
+        match self {
+            ServerTask::Handshake(h) => h.register(registry, span),
+            ServerTask::Session(s) => s.bridge.register(registry, span),
+        }
+    }
+    fn deregister(&mut self, registry: &Registry) {
+        match self {
+            ServerTask::Handshake(h) => h.deregister(registry),
+            ServerTask::Session(s) => s.bridge.deregister(registry),
+        }
+    }
+    fn on_ready(&mut self, token: Token, ready: Ready) {
+        match self {
+            ServerTask::Handshake(h) => h.on_ready(token, ready),
+            ServerTask::Session(s) => s.bridge.on_ready(token, ready),
+        }
+    }
+    fn run(&mut self, cx: &mut Ctx<'_>) -> TaskStatus {
+        match self {
+            ServerTask::Handshake(h) => h.run(cx),
+            ServerTask::Session(s) => s.bridge.run(cx),
+        }
+    }
+}
+
+struct Server {
+    reactor: Reactor<ServerTask>,
+    cfg: StripedConfig,
+    target: SocketAddr,
+    target_name: String,
+    max_sessions: usize,
+    max_pending: usize,
+    handshake_timeout: Duration,
+    sessions: HashMap<SessionId, usize>,
+    finished: HashSet<SessionId>,
+    finished_order: VecDeque<SessionId>,
+    pending: usize,
+    /// Refusals already logged for an address, so a flood logs once.
+    refused_logged: HashSet<(SocketAddr, &'static str)>,
+}
+
+fn run(opts: Opts) -> Result<ExitCode, String> {
+    let cfg = opts.tuning.to_config()?;
+    let targets = resolve("target", &opts.target)?;
+    let listen_addrs = resolve("listen address", &opts.listen)?;
+    let mut server = Server {
+        reactor: Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?,
+        cfg,
+        target: targets[0],
+        target_name: opts.target.clone(),
+        max_sessions: opts.max_sessions.max(1),
+        max_pending: opts.max_pending.max(1),
+        handshake_timeout: opts.handshake_timeout,
+        sessions: HashMap::new(),
+        finished: HashSet::new(),
+        finished_order: VecDeque::new(),
+        pending: 0,
+        refused_logged: HashSet::new(),
+    };
+    let mut listener =
+        bind(&listen_addrs).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    server
+        .reactor
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    let mut signals = Signals::register(server.reactor.registry(), SIGNALS)
+        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    info!(
+        "listening on {local}, relaying sessions to target {} ({})",
+        server.target_name, server.target
+    );
+    let mut own = Vec::new();
+    let mut done = Vec::new();
+    let mut shutdown: Option<Instant> = None;
+    loop {
+        server
+            .reactor
+            .poll(&mut own, None)
+            .map_err(|e| format!("event loop failed: {e}"))?;
+        for (token, _) in own.drain(..) {
+            match token {
+                LISTENER if shutdown.is_none() => server.accept_all(&mut listener),
+                SIGNALS if signals.take() => {
+                    if shutdown.is_some() {
+                        info!("second signal: exiting now");
+                        return Ok(ExitCode::from(130));
+                    }
+                    info!(
+                        "signal received: no new connections; closing {} session(s)",
+                        server.sessions.len()
+                    );
+                    let _ = server.reactor.registry().deregister(&mut listener);
+                    shutdown = Some(Instant::now());
+                    let reason =
+                        PipeError::new(ErrorKind::Shutdown, "stripe-server is shutting down");
+                    for (_, t) in server.reactor.iter_mut() {
+                        match t {
+                            ServerTask::Session(s) => s.bridge.abort(reason.clone()),
+                            ServerTask::Handshake(h) => h.cancel(),
+                        }
+                    }
+                    server.reactor.wake_all();
+                }
+                _ => {}
+            }
+        }
+        server.reactor.run(&mut done);
+        for (slot, task) in std::mem::take(&mut done) {
+            server.finished_task(slot, task);
+        }
+        if let Some(since) = shutdown {
+            if server.reactor.is_empty() {
+                info!("all sessions closed; exiting");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if since.elapsed() > SHUTDOWN_GRACE {
+                warn!(
+                    "{} session(s) did not close in time; exiting",
+                    server.reactor.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = None;
+    for a in addrs {
+        match TcpListener::bind(*a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
+impl Server {
+    fn accept_all(&mut self, listener: &mut TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    if self.pending >= self.max_pending {
+                        self.refuse_once(
+                            peer,
+                            "too many connections in their handshake (--max-pending)",
+                        );
+                        continue;
+                    }
+                    let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
+                    let h = Handshake::new(tcp, peer, self.handshake_timeout);
+                    match self.reactor.spawn(ServerTask::Handshake(h)) {
+                        Ok(_) => self.pending += 1,
+                        Err(e) => warn!("connection from {peer} dropped: cannot register it: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Logs a refusal once per peer address and reason (a flood stays one line).
+    fn refuse_once(&mut self, peer: SocketAddr, why: &'static str) {
+        let key = (SocketAddr::new(peer.ip(), 0), why);
+        if self.refused_logged.len() > 10_000 {
+            self.refused_logged.clear();
+        }
+        if self.refused_logged.insert(key) {
+            warn!("refusing connections from {}: {why}", peer.ip());
+        } else {
+            debug!("refused {peer}: {why}");
+        }
+    }
+
+    fn finished_task(&mut self, slot: usize, task: ServerTask) {
+        match task {
+            ServerTask::Handshake(h) => {
+                self.pending -= 1;
+                self.handshake_step(h);
+            }
+            ServerTask::Session(s) => {
+                let id = *s.bridge.a().id();
+                if self.sessions.get(&id) == Some(&slot) {
+                    self.sessions.remove(&id);
+                }
+                self.remember_finished(id);
+                log_close(&s, &self.target_name);
+            }
+        }
+    }
+
+    fn remember_finished(&mut self, id: SessionId) {
+        if self.finished.insert(id) {
+            self.finished_order.push_back(id);
+            if self.finished_order.len() > FINISHED_MEMORY
+                && let Some(old) = self.finished_order.pop_front()
+            {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    /// A handshake stopped: it failed, has a hello to judge, or is complete.
+    fn handshake_step(&mut self, mut h: Handshake) {
+        match h.progress() {
+            Progress::Failed(why) => {
+                debug!(
+                    "connection from {} closed during the handshake: {why}",
+                    h.peer()
+                );
+                if h.is_notable_failure() {
+                    warn!(
+                        "connection from {} closed during the handshake: {why}",
+                        h.peer()
+                    );
+                }
+            }
+            Progress::HelloReceived(hello) => {
+                let status = self.judge(&hello);
+                if let Err(e) = h.answer(
+                    &hello,
+                    status,
+                    self.cfg.session.window,
+                    self.cfg.session.max_payload,
+                ) {
+                    debug!("could not answer {}: {e}", h.peer());
+                    return;
+                }
+                if status != Status::Ok {
+                    warn!(
+                        "refused stripe {} of session {} from {}: {status}",
+                        hello.index,
+                        short_id(&hello.session),
+                        h.peer()
+                    );
+                    return;
+                }
+                match self.reactor.spawn(ServerTask::Handshake(h)) {
+                    Ok(_) => self.pending += 1,
+                    Err(e) => warn!("handshake dropped: cannot register it: {e}"),
+                }
+            }
+            Progress::Complete(hello) => self.join(h, hello),
+            Progress::Reading | Progress::Cancelled => {}
+        }
+    }
+
+    /// The verdict on a hello, before anything is committed.
+    fn judge(&self, hello: &ClientHello) -> Status {
+        if self.finished.contains(&hello.session) {
+            return Status::UnknownSession;
+        }
+        match (hello.kind, self.sessions.get(&hello.session)) {
+            (_, Some(_)) => Status::Ok,
+            (Kind::Join, None) => Status::UnknownSession,
+            (Kind::Open, None) if self.sessions.len() >= self.max_sessions => Status::ServerFull,
+            (Kind::Open, None) => Status::Ok,
+        }
+    }
+
+    /// An authenticated stripe joins its session, creating it if needed.
+    fn join(&mut self, h: Handshake, hello: ClientHello) {
+        let peer = h.peer();
+        let slot = match self.sessions.get(&hello.session) {
+            Some(&slot) => slot,
+            None => {
+                if self.judge(&hello) != Status::Ok {
+                    warn!(
+                        "stripe {} from {peer} arrived as its session ended; closed",
+                        hello.index
+                    );
+                    return;
+                }
+                match self.open_session(&hello, peer) {
+                    Some(slot) => slot,
+                    None => return,
+                }
+            }
+        };
+        let Some((task, registry)) = self.reactor.get_with_registry(slot) else {
+            return;
+        };
+        let ServerTask::Session(s) = task else { return };
+        if let Err(e) = s
+            .bridge
+            .a_mut()
+            .add_stripe(registry, hello.index, h.into_tcp())
+        {
+            warn!(
+                "stripe {} from {peer} could not join session {}: {e}",
+                hello.index,
+                short_id(&hello.session)
+            );
+        }
+        self.reactor.wake(slot);
+    }
+
+    fn open_session(&mut self, hello: &ClientHello, client: SocketAddr) -> Option<usize> {
+        let striped = StripedPipe::server(self.cfg.clone(), hello.session, hello.count, hello);
+        let name = format!("target {}", self.target_name);
+        let target = match TcpPipe::connect(self.target, name, self.cfg.connect_timeout) {
+            Ok(t) => t,
+            Err(e) => {
+                // The bridge reports a failed connect through the session;
+                // failing here (no socket at all) is rare: log and drop.
+                warn!(
+                    "session {} from {client} not opened: {e}",
+                    short_id(&hello.session)
+                );
+                return None;
+            }
+        };
+        let task = SessionTask {
+            bridge: Bridge::new(striped, target),
+            client,
+            started: Instant::now(),
+        };
+        match self.reactor.spawn(ServerTask::Session(Box::new(task))) {
+            Ok(slot) => {
+                info!(
+                    "session {} opened: client {} -> target {}, {} stripes announced",
+                    short_id(&hello.session),
+                    client,
+                    self.target_name,
+                    hello.count
+                );
+                self.sessions.insert(hello.session, slot);
+                Some(slot)
+            }
+            Err(e) => {
+                warn!(
+                    "session {} from {client} not opened: cannot register it: {e}",
+                    short_id(&hello.session)
+                );
+                None
+            }
+        }
+    }
+}
+
+fn log_close(s: &SessionTask, target: &str) {
+    let striped = s.bridge.a();
+    let stats = striped.session().stats();
+    let (to_target, to_client) = s.bridge.bytes();
+    let why = match s.bridge.outcome() {
+        Some(Outcome::Finished) | None => "both sides closed".to_string(),
+        Some(Outcome::Failed { error, .. }) => error.message.clone(),
+    };
+    let lost = if stats.stripes_lost == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {} stripe(s) lost, {} re-sent",
+            stats.stripes_lost,
+            human_bytes(stats.bytes_resent)
+        )
+    };
+    let line = format!(
+        "session {} closed after {:.1} s: client {} <-> target {target}, {} stripes, to target {}, to client {}{lost}; {why}",
+        short_id(striped.id()),
+        s.started.elapsed().as_secs_f64(),
+        s.client,
+        striped.stripe_count(),
+        human_bytes(to_target),
+        human_bytes(to_client),
+    );
+    match s.bridge.outcome() {
+        Some(Outcome::Failed { .. }) => warn!("{line}"),
+        _ => info!("{line}"),
+    }
+}

@@ -1,0 +1,72 @@
+//! Command-line options both binaries share: the session's tunables.
+
+use std::time::Duration;
+
+use clap::Args;
+use striper_core::config::{parse_secs, parse_size};
+
+use crate::proto::frame::ABSOLUTE_MAX_PAYLOAD;
+use crate::proto::handshake::{MIN_MAX_PAYLOAD, MIN_WINDOW};
+use crate::striped::StripedConfig;
+
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Tuning")]
+pub struct TuningOpts {
+    /// Receive window per session and direction: the most bytes in flight
+    /// between the two applications, and so the reassembly memory bound.
+    /// Cover the path's bandwidth x round trip (100 Mbit/s x 100 ms = 1.25M).
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_size)]
+    pub window: u64,
+
+    /// Largest frame payload this end sends.
+    #[arg(long, value_name = "BYTES", default_value = "32K", value_parser = parse_size)]
+    pub frame_size: u64,
+
+    /// Largest frame payload this end accepts from its peer.
+    #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
+    pub max_frame: u64,
+
+    /// Unsent bytes a stripe's kernel buffer may hold (TCP_NOTSENT_LOWAT).
+    /// Small values keep traffic off stripes that cannot send it soon.
+    #[arg(long, value_name = "BYTES", default_value = "64K", value_parser = parse_size)]
+    pub notsent_lowat: u64,
+
+    /// Seconds a connect (to a stripe's server, or to the target) may take.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+}
+
+impl TuningOpts {
+    /// Checks ranges and builds the pipe configuration.
+    pub fn to_config(&self) -> Result<StripedConfig, String> {
+        let mut cfg = StripedConfig::default();
+        if self.window < MIN_WINDOW as u64 || self.window > 1 << 30 {
+            return Err(format!(
+                "--window must be between {}K and 1G",
+                MIN_WINDOW >> 10
+            ));
+        }
+        if self.max_frame < MIN_MAX_PAYLOAD as u64 || self.max_frame > ABSOLUTE_MAX_PAYLOAD as u64 {
+            return Err(format!(
+                "--max-frame must be between {}K and {}K",
+                MIN_MAX_PAYLOAD >> 10,
+                ABSOLUTE_MAX_PAYLOAD >> 10
+            ));
+        }
+        if self.frame_size < 512 || self.frame_size > ABSOLUTE_MAX_PAYLOAD as u64 {
+            return Err(format!(
+                "--frame-size must be between 512 and {}K",
+                ABSOLUTE_MAX_PAYLOAD >> 10
+            ));
+        }
+        if self.notsent_lowat < 4096 || self.notsent_lowat > 64 << 20 {
+            return Err("--notsent-lowat must be between 4K and 64M".to_string());
+        }
+        cfg.session.window = self.window as u32;
+        cfg.session.max_payload = self.max_frame as u32;
+        cfg.session.frame_size = self.frame_size as usize;
+        cfg.notsent_lowat = self.notsent_lowat as u32;
+        cfg.connect_timeout = self.connect_timeout;
+        Ok(cfg)
+    }
+}

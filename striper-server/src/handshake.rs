@@ -1,0 +1,188 @@
+//! The server side of a stripe's handshake, as a task of its own.
+//!
+//! A new connection is a `Handshake` until it has sent a valid ClientHello
+//! and ClientAuth; only then does it reach a session (and through it the
+//! target). The task stops twice: with the hello, so the server can judge
+//! it against its sessions and answer; and with the proof, so the server can
+//! move the socket into its session. Whatever the peer sends, the task ends
+//! within the handshake timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::{Registry, Token};
+use pipes::TcpPipe;
+use pipes::proto::handshake::{
+    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, PROOF_LEN, SERVER_HELLO_LEN,
+    ServerHello, Status,
+};
+use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
+
+/// Where a handshake stands when its task stops.
+pub enum Progress {
+    Reading,
+    /// A valid hello: judge it and [`Handshake::answer`].
+    HelloReceived(ClientHello),
+    /// Hello answered and proof received: the stripe may join its session.
+    Complete(ClientHello),
+    Failed(String),
+    Cancelled,
+}
+
+enum Phase {
+    Hello,
+    Auth(ClientHello),
+}
+
+pub struct Handshake {
+    tcp: TcpPipe,
+    peer: SocketAddr,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    phase: Phase,
+    progress: Progress,
+    /// The peer looks like a striper client (right magic), so a failure is
+    /// worth a warning rather than a debug line.
+    striper_peer: bool,
+}
+
+impl Handshake {
+    pub fn new(tcp: TcpPipe, peer: SocketAddr, timeout: Duration) -> Handshake {
+        Handshake {
+            tcp,
+            peer,
+            timeout,
+            deadline: None,
+            phase: Phase::Hello,
+            progress: Progress::Reading,
+            striper_peer: false,
+        }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn progress(&mut self) -> Progress {
+        std::mem::replace(&mut self.progress, Progress::Reading)
+    }
+
+    pub fn is_notable_failure(&self) -> bool {
+        self.striper_peer
+    }
+
+    pub fn cancel(&mut self) {
+        self.progress = Progress::Cancelled;
+    }
+
+    pub fn into_tcp(self) -> TcpPipe {
+        self.tcp
+    }
+
+    /// Sends the server's answer to `hello`; with `Status::Ok` the task
+    /// goes on to read the client's proof.
+    pub fn answer(
+        &mut self,
+        hello: &ClientHello,
+        status: Status,
+        window: u32,
+        max_payload: u32,
+    ) -> Result<(), String> {
+        let answer = ServerHello {
+            status,
+            nonce: [0; 16],
+            window,
+            max_payload,
+            proof: [0; PROOF_LEN],
+        };
+        // A fresh socket always has room for 64 bytes; anything else means
+        // the peer is already gone.
+        match self.tcp.write(&answer.encode()) {
+            Ok(SERVER_HELLO_LEN) => {}
+            Ok(_) => return Err("the connection would not take the 64-byte answer".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        if status == Status::Ok {
+            self.phase = Phase::Auth(hello.clone());
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, why: String) -> TaskStatus {
+        self.progress = Progress::Failed(why);
+        TaskStatus::Done
+    }
+
+    fn refuse(&mut self, e: &HandshakeError) -> TaskStatus {
+        // A striper client of another version, or a broken one, gets told
+        // why; anything else (not even our magic) just gets closed.
+        if !matches!(e, HandshakeError::BadMagic(_)) {
+            self.striper_peer = true;
+            let hello = ServerHello {
+                status: e.status(),
+                nonce: [0; 16],
+                window: 0,
+                max_payload: 0,
+                proof: [0; PROOF_LEN],
+            };
+            let _ = self.tcp.write(&hello.encode());
+        }
+        self.fail(format!("{e}"))
+    }
+
+    pub fn register(&mut self, registry: &Registry, span: TokenSpan) -> io::Result<()> {
+        self.tcp.register(registry, span)
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        self.tcp.deregister(registry)
+    }
+
+    pub fn on_ready(&mut self, token: Token, ready: Ready) {
+        self.tcp.on_ready(token, ready)
+    }
+
+    pub fn run(&mut self, cx: &mut Ctx<'_>) -> TaskStatus {
+        if matches!(self.progress, Progress::Cancelled) {
+            return TaskStatus::Done;
+        }
+        let deadline = *self.deadline.get_or_insert(cx.now + self.timeout);
+        let bytes = match self.tcp.fill_buf() {
+            Err(e) => return self.fail(e.to_string()),
+            Ok(Readable::Eof) => return self.fail("closed before completing the handshake".into()),
+            Ok(Readable::Pending) => &[][..],
+            Ok(Readable::Bytes(b)) => b,
+        };
+        match &self.phase {
+            Phase::Hello => match ClientHello::parse(bytes) {
+                Ok(Some(hello)) => {
+                    self.striper_peer = true;
+                    self.tcp.consume(CLIENT_HELLO_LEN);
+                    self.progress = Progress::HelloReceived(hello);
+                    return TaskStatus::Done;
+                }
+                Ok(None) => {}
+                Err(e) => return self.refuse(&e),
+            },
+            Phase::Auth(hello) => {
+                if bytes.len() >= CLIENT_AUTH_LEN {
+                    let hello = hello.clone();
+                    self.tcp.consume(CLIENT_AUTH_LEN);
+                    self.progress = Progress::Complete(hello);
+                    return TaskStatus::Done;
+                }
+            }
+        }
+        if self.tcp.at_eof() {
+            return self.fail("closed in the middle of the handshake".into());
+        }
+        if cx.now >= deadline {
+            return self.fail(format!(
+                "no complete handshake within {:.0} s",
+                self.timeout.as_secs_f64()
+            ));
+        }
+        TaskStatus::Idle
+    }
+}
