@@ -178,6 +178,14 @@ impl StripedPipe {
         &self.id
     }
 
+    /// The server address a client session connects its stripes to.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        match &self.role {
+            Role::Client { server, .. } => Some(*server),
+            Role::Server => None,
+        }
+    }
+
     pub fn session(&self) -> &Session {
         &self.session
     }

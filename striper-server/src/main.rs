@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 }
 
 enum ServerTask {
-    Handshake(Handshake),
+    Handshake(Box<Handshake>),
     Session(Box<SessionTask>),
 }
 
@@ -245,7 +245,7 @@ impl Server {
                     }
                     let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
                     let h = Handshake::new(tcp, peer, self.handshake_timeout);
-                    match self.reactor.spawn(ServerTask::Handshake(h)) {
+                    match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
                         Ok(_) => self.pending += 1,
                         Err(e) => warn!("connection from {peer} dropped: cannot register it: {e}"),
                     }
@@ -277,7 +277,7 @@ impl Server {
         match task {
             ServerTask::Handshake(h) => {
                 self.pending -= 1;
-                self.handshake_step(h);
+                self.handshake_step(*h);
             }
             ServerTask::Session(s) => {
                 let id = *s.bridge.a().id();
@@ -336,7 +336,7 @@ impl Server {
                     );
                     return;
                 }
-                match self.reactor.spawn(ServerTask::Handshake(h)) {
+                match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
                     Ok(_) => self.pending += 1,
                     Err(e) => warn!("handshake dropped: cannot register it: {e}"),
                 }

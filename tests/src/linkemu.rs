@@ -173,7 +173,17 @@ pub struct LinkConfig {
     pub up: Shape,
     /// Default shape of upstream → client.
     pub down: Shape,
+    /// Kernel receive buffer of the relay's sockets, in bytes. A userspace
+    /// relay on loopback never drops a packet, so without a bound a sender
+    /// could park megabytes in the relay's socket buffer, acknowledged and
+    /// invisible to it, far more than any real bottleneck queue holds. This
+    /// plays the part of the bottleneck's buffer. `None`: the kernel default.
+    pub sock_buf: Option<usize>,
 }
+
+/// Default [`LinkConfig::sock_buf`]: about 100 ms at 20 Mbit/s, the order of
+/// a router's per-flow queue.
+pub const DEFAULT_SOCK_BUF: usize = 256 * 1024;
 
 impl LinkConfig {
     /// A plain relay (no cap, no delay) from `listen` to `upstream`.
@@ -183,6 +193,7 @@ impl LinkConfig {
             upstream,
             up: Shape::UNLIMITED,
             down: Shape::UNLIMITED,
+            sock_buf: Some(DEFAULT_SOCK_BUF),
         }
     }
 
@@ -402,7 +413,7 @@ impl LinkEmu {
                 ));
             }
         }
-        let listener = mio::net::TcpListener::bind(cfg.listen).map_err(|e| {
+        let listener = listen(cfg.listen, cfg.sock_buf).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
         })?;
         let local = listener.local_addr()?;
@@ -599,4 +610,22 @@ impl fmt::Debug for LinkEmu {
             .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
+}
+
+/// A listener whose accepted sockets inherit `rcvbuf` (it must be set before
+/// listen() for the window scale of accepted connections to match it).
+fn listen(addr: SocketAddr, rcvbuf: Option<usize>) -> io::Result<mio::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(sock.into()))
 }

@@ -29,10 +29,9 @@ fn upstream_listener() -> TcpListener {
 
 fn start(upstream: &TcpListener, up: Shape, down: Shape) -> LinkEmu {
     LinkEmu::start(LinkConfig {
-        listen: any_port(),
-        upstream: upstream.local_addr().unwrap(),
         up,
         down,
+        ..LinkConfig::new(any_port(), upstream.local_addr().unwrap())
     })
     .expect("start link emulator")
 }

@@ -237,8 +237,11 @@ mod tests {
                         Err(e) => panic!("seed {seed}: unexpected {e}"),
                         Ok(()) => {
                             assert!(!beyond, "seed {seed}: accepted beyond window");
-                            for i in start..start + len {
-                                o.have[i] = Some(stream[i]);
+                            for (slot, &b) in o.have[start..start + len]
+                                .iter_mut()
+                                .zip(&stream[start..start + len])
+                            {
+                                *slot = Some(b);
                             }
                         }
                     }

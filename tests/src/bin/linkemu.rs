@@ -56,6 +56,11 @@ struct Args {
     /// Serve the control protocol here (one command per line; send `help`).
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
+    /// Kernel receive buffer of the relay's sockets in bytes: bounds what a
+    /// sender can park in the relay beyond its own queue, like a bottleneck
+    /// buffer (0: the kernel's default, which autotunes to megabytes).
+    #[arg(long, value_name = "BYTES", default_value_t = striper_tests::linkemu::DEFAULT_SOCK_BUF)]
+    sock_buf: usize,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +92,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         upstream: args.upstream,
         up,
         down,
+        sock_buf: (args.sock_buf > 0).then_some(args.sock_buf),
     })?);
     let control = match args.control {
         Some(addr) => {

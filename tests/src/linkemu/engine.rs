@@ -312,6 +312,7 @@ impl Conn {
 struct Ctx<'a> {
     outage: bool,
     upstream: SocketAddr,
+    sock_buf: Option<usize>,
     registry: &'a Registry,
     scratch: &'a mut [u8],
 }
@@ -600,6 +601,7 @@ impl Engine {
         let mut ctx = Ctx {
             outage: self.outage,
             upstream: self.cfg.upstream,
+            sock_buf: self.cfg.sock_buf,
             registry: self.poll.registry(),
             scratch: &mut self.scratch,
         };
@@ -686,7 +688,7 @@ fn connect_failed(c: &mut Conn, upstream: SocketAddr, e: &io::Error) {
 }
 
 fn start_upstream(c: &mut Conn, ctx: &mut Ctx) {
-    let mut s = match TcpStream::connect(ctx.upstream) {
+    let mut s = match connect(ctx.upstream, ctx.sock_buf) {
         Ok(s) => s,
         Err(e) => return connect_failed(c, ctx.upstream, &e),
     };
@@ -894,4 +896,24 @@ fn drain(c: &mut Conn, ctx: &mut Ctx, deadline: Instant) -> Option<Instant> {
         return None;
     }
     Some(deadline)
+}
+
+/// A non-blocking connect with the receive buffer set first (for the window
+/// scale), so the upstream's sender is bounded like the client's.
+fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(sock.into()))
 }
