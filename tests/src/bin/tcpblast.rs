@@ -1,0 +1,177 @@
+//! tcpblast: a bulk TCP source and sink that checks what arrived.
+//!
+//! The demo and the benchmark scripts use it so they need nothing beyond
+//! cargo: `serve` reads each connection to EOF and prints its length, CRC32
+//! and rate; `send` writes a deterministic pseudo-random stream and prints
+//! the same figures for what it sent. Equal CRCs and lengths mean every byte
+//! arrived in order.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tcpblast",
+    version,
+    about = "Bulk TCP source and sink that checks what arrived"
+)]
+struct Opts {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Accept connections; read each to EOF and print `bytes=N crc=X secs=T mbit=R`.
+    Serve {
+        /// Address to listen on (port 0: any; the chosen one is printed first).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Stop after this many connections (0: serve until killed).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
+    /// Connect, send BYTES of the seeded stream, half-close, wait for the
+    /// peer to close, print `bytes=N crc=X secs=T mbit=R`.
+    Send {
+        #[arg(long)]
+        connect: String,
+        /// Bytes to send (suffixes K, M, G).
+        #[arg(long, value_parser = parse_size)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, m) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    n.parse::<u64>()
+        .map(|v| v * m)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// xorshift64*: fast, deterministic, good enough to defeat compression and
+/// make misplaced bytes visible.
+struct Stream(u64);
+
+impl Stream {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+fn report(what: &str, bytes: u64, crc: u32, secs: f64) {
+    let mbit = if secs > 0.0 {
+        bytes as f64 * 8.0 / secs / 1e6
+    } else {
+        0.0
+    };
+    println!("{what} bytes={bytes} crc={crc:08x} secs={secs:.3} mbit={mbit:.2}");
+}
+
+fn main() -> ExitCode {
+    let r = match Opts::parse().cmd {
+        Cmd::Serve { listen, count } => serve(&listen, count),
+        Cmd::Send {
+            connect,
+            bytes,
+            seed,
+            timeout,
+        } => send(&connect, bytes, seed, Duration::from_secs(timeout)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpblast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(listen: &str, count: usize) -> io::Result<()> {
+    let l = TcpListener::bind(listen)?;
+    println!("listening on {}", l.local_addr()?);
+    io::stdout().flush()?;
+    let mut handles = Vec::new();
+    for (n, conn) in l.incoming().enumerate() {
+        let mut c = conn?;
+        handles.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut crc = crc32fast::Hasher::new();
+            let mut total = 0u64;
+            let mut first: Option<Instant> = None;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        first.get_or_insert_with(Instant::now);
+                        crc.update(&buf[..k]);
+                        total += k as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!("tcpblast: read failed after {total} bytes: {e}");
+                        return;
+                    }
+                }
+            }
+            let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            report("received", total, crc.finalize(), secs);
+            let _ = io::stdout().flush();
+        }));
+        if count > 0 && n + 1 >= count {
+            break;
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn send(addr: &str, bytes: u64, seed: u64, timeout: Duration) -> io::Result<()> {
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    c.set_write_timeout(Some(timeout))?;
+    c.set_read_timeout(Some(timeout))?;
+    let mut stream = Stream(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut crc = crc32fast::Hasher::new();
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        stream.fill(&mut buf[..n]);
+        crc.update(&buf[..n]);
+        c.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    c.shutdown(Shutdown::Write)?;
+    // The peer closes after reading everything: that is when the bytes arrived.
+    let mut sink = [0u8; 4096];
+    while c.read(&mut sink)? > 0 {}
+    report("sent", bytes, crc.finalize(), start.elapsed().as_secs_f64());
+    Ok(())
+}
