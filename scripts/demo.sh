@@ -46,12 +46,15 @@ addr_from() {
     die "no 'listening on' line in $f"
 }
 
+# Both ends prove they hold the same pre-shared key on every stripe.
+"$B/stripe-server" genkey "$WORK/key" 2>/dev/null
+
 # The sink prints one "received bytes=.. crc=.. secs=.. mbit=.." line per connection.
 "$B/tcpblast" serve --listen 127.0.0.1:0 >"$WORK/sink.out" 2>"$WORK/sink.log" &
 PIDS+=($!)
 SINK=$(addr_from "$WORK/sink.out")
 
-RUST_LOG=${RUST_LOG:-info} "$B/stripe-server" --listen 127.0.0.1:0 --target "$SINK" 2>"$WORK/server.log" &
+RUST_LOG=${RUST_LOG:-info} "$B/stripe-server" --listen 127.0.0.1:0 --target "$SINK" --key-file "$WORK/key" 2>"$WORK/server.log" &
 PIDS+=($!)
 SERVER=$(addr_from "$WORK/server.log")
 
@@ -93,7 +96,7 @@ run() {
 
 run "plain TCP (no tunnel)" "$EMU_PLAIN"
 for n in $STRIPES; do
-    RUST_LOG=${RUST_LOG:-info} "$B/stripe-client" --listen 127.0.0.1:0 --server "$EMU" --stripes "$n" \
+    RUST_LOG=${RUST_LOG:-info} "$B/stripe-client" --listen 127.0.0.1:0 --server "$EMU" --stripes "$n" --key-file "$WORK/key" \
         2>"$WORK/client-$n.log" &
     cpid=$!
     PIDS+=($cpid)

@@ -8,6 +8,7 @@ pub mod proto;
 
 mod buf;
 pub mod framed;
+pub mod keyfile;
 pub mod striped;
 pub mod sys;
 pub mod tcp;

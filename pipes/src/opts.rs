@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use striper_core::config::{parse_secs, parse_size};
 
+use std::path::PathBuf;
+
+use crate::keyfile;
+use crate::proto::auth::Key;
 use crate::proto::frame::ABSOLUTE_MAX_PAYLOAD;
 use crate::proto::handshake::{MIN_MAX_PAYLOAD, MIN_WINDOW};
 use crate::striped::StripedConfig;
@@ -68,5 +72,59 @@ impl TuningOpts {
         cfg.notsent_lowat = self.notsent_lowat as u32;
         cfg.connect_timeout = self.connect_timeout;
         Ok(cfg)
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthOpts {
+    /// The pre-shared key both ends prove they know on every stripe (make
+    /// one with the `genkey` subcommand; the file must be mode 0600).
+    #[arg(short, long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Run without authentication: anyone who can reach the server can use
+    /// the tunnel, and the client cannot tell the server from an impostor.
+    #[arg(long, conflicts_with = "key_file")]
+    pub insecure_no_auth: bool,
+}
+
+impl AuthOpts {
+    /// The key, or `None` when running without authentication.
+    pub fn load(&self) -> Result<Option<Key>, String> {
+        match &self.key_file {
+            Some(p) => keyfile::load(p).map(Some),
+            None if self.insecure_no_auth => Ok(None),
+            None => Err("refusing to run without a key: pass --key-file FILE (make one with the `genkey FILE` \
+                         subcommand and give both ends the same file), or --insecure-no-auth to run \
+                         without authentication"
+                .into()),
+        }
+    }
+}
+
+/// Subcommands both binaries share.
+#[derive(Subcommand, Clone, Debug)]
+pub enum Command {
+    /// Write a fresh random key to FILE (mode 0600, never overwriting) and
+    /// exit. Copy the same file to the other end.
+    Genkey {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+impl Command {
+    /// Runs the subcommand; the message is for standard error on failure.
+    pub fn run(&self) -> Result<String, String> {
+        match self {
+            Command::Genkey { file } => {
+                keyfile::generate(file)?;
+                Ok(format!(
+                    "wrote a new key to {} (mode 0600); give both ends the same file",
+                    file.display()
+                ))
+            }
+        }
     }
 }

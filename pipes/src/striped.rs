@@ -23,8 +23,10 @@ use mio::{Registry, Token};
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
 use crate::framed::{FramedError, FramedPipe, Next};
+use crate::proto::auth::Key;
 use crate::proto::handshake::{
-    CLIENT_AUTH_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId, Status, short_id,
+    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
+    Status, short_id,
 };
 use crate::proto::session::{Session, SessionConfig, SessionError, reset};
 use crate::sys;
@@ -49,6 +51,8 @@ pub struct StripedConfig {
     pub close_linger: Duration,
     /// Buffers of a session idle this long are freed.
     pub idle_release: Duration,
+    /// The pre-shared key; `None` runs without authentication.
+    pub key: Option<Key>,
 }
 
 impl Default for StripedConfig {
@@ -59,6 +63,7 @@ impl Default for StripedConfig {
             connect_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(5),
             idle_release: Duration::from_secs(2),
+            key: None,
         }
     }
 }
@@ -80,6 +85,8 @@ struct Stripe {
     framed: FramedPipe<TcpPipe>,
     state: StripeState,
     last_rtt: Option<Instant>,
+    /// Client: the hello this stripe sent, for the proofs' transcript.
+    hello: Option<[u8; CLIENT_HELLO_LEN]>,
 }
 
 enum Role {
@@ -134,6 +141,7 @@ impl StripedPipe {
                         framed: FramedPipe::new(tcp, pipe.cfg.session.max_payload as usize),
                         state: StripeState::Connecting,
                         last_rtt: None,
+                        hello: None,
                     });
                 }
                 Err(e) => {
@@ -239,6 +247,7 @@ impl StripedPipe {
             framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
             state: StripeState::Up,
             last_rtt: None,
+            hello: None,
         });
         self.session.stripe_up(i);
         self.ever_up = true;
@@ -315,13 +324,16 @@ impl StripedPipe {
                 let hello = self.client_hello(i).encode();
                 let s = self.stripes[i].as_mut().expect("present");
                 s.framed.queue_raw(&hello);
-                // No key: the (empty) proof and the first frames follow the
-                // hello at once, without waiting for the server's answer.
-                s.framed.queue_raw(&[0u8; CLIENT_AUTH_LEN]);
+                s.hello = Some(hello);
                 s.state = StripeState::AwaitServerHello;
-                self.session.stripe_up(i);
-                self.ever_up = true;
                 debug!("{}: stripe {i} connected", self.label);
+                if self.cfg.key.is_none() {
+                    // No key: the (empty) proof and the first frames follow
+                    // the hello at once, without waiting for the answer.
+                    s.framed.queue_raw(&[0u8; CLIENT_AUTH_LEN]);
+                    self.session.stripe_up(i);
+                    self.ever_up = true;
+                }
             }
             StripeState::AwaitServerHello => {
                 let parsed = match s.framed.inner_mut().fill_buf()? {
@@ -364,6 +376,23 @@ impl StripedPipe {
                         ErrorKind::Protocol,
                         format!("{} refused the stripe: {}", self.peer_name(), hello.status),
                     ));
+                }
+                if let Some(key) = &self.cfg.key {
+                    let sent = s.hello.expect("sent before the answer");
+                    if !key.verify_server(&sent, &hello.transcript(), &hello.proof) {
+                        return Err(PipeError::new(
+                            ErrorKind::Protocol,
+                            format!(
+                                "{} did not prove it holds our key: wrong key on one side, \
+                                 or the server runs without one",
+                                self.peer_name()
+                            ),
+                        ));
+                    }
+                    s.framed
+                        .queue_raw(&key.client_proof(&sent, &hello.transcript()));
+                    self.session.stripe_up(i);
+                    self.ever_up = true;
                 }
                 s.state = StripeState::Up;
                 if !self.peer_known {

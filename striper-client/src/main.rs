@@ -10,7 +10,7 @@ use clap::Parser;
 use log::{error, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
-use pipes::opts::TuningOpts;
+use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::short_id;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
@@ -34,8 +34,16 @@ use striper_core::{
 ///
 /// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
 #[derive(Parser, Debug)]
-#[command(name = "stripe-client", version, verbatim_doc_comment)]
+#[command(
+    name = "stripe-client",
+    version,
+    verbatim_doc_comment,
+    subcommand_negates_reqs = true
+)]
 struct Opts {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Local address to accept connections on, e.g. 127.0.0.1:2222 or [::1]:2222.
     #[arg(
         short,
@@ -52,13 +60,16 @@ struct Opts {
     stdio: bool,
 
     /// The stripe-server, HOST:PORT (a name, an IPv4 address or [IPv6]:PORT).
-    #[arg(short, long, value_name = "HOST:PORT")]
-    server: String,
+    #[arg(short, long, value_name = "HOST:PORT", required = true)]
+    server: Option<String>,
 
     /// Parallel TCP connections per session.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=64))]
     stripes: u8,
+
+    #[command(flatten)]
+    auth: AuthOpts,
 
     #[command(flatten)]
     tuning: TuningOpts,
@@ -72,6 +83,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     let opts = Opts::parse();
     init_logging();
+    if let Some(cmd) = &opts.command {
+        return match cmd.run() {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(opts) {
         Ok(code) => code,
         Err(e) => {
@@ -82,11 +105,16 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let cfg = opts.tuning.to_config()?;
-    let server_addrs = resolve("server", &opts.server)?;
+    let mut cfg = opts.tuning.to_config()?;
+    cfg.key = opts.auth.load()?;
+    if cfg.key.is_none() {
+        warn!("running WITHOUT authentication (--insecure-no-auth): the server is not verified");
+    }
+    let server_name = opts.server.clone().expect("required");
+    let server_addrs = resolve("server", &server_name)?;
     let server = Server {
         addr: server_addrs[0],
-        name: opts.server.clone(),
+        name: server_name,
     };
     if server_addrs.len() > 1 {
         info!(

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 use pipes::TcpPipe;
+use pipes::proto::auth::Key;
+use pipes::proto::frame::{FrameType, encode_vec, rst_payload};
 use pipes::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, PROOF_LEN, SERVER_HELLO_LEN,
     ServerHello, Status,
 };
+use pipes::proto::session::reset;
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
 /// Where a handshake stands when its task stops.
@@ -32,11 +35,16 @@ pub enum Progress {
 
 enum Phase {
     Hello,
-    Auth(ClientHello),
+    /// Waiting for the client's proof over this transcript.
+    Auth {
+        hello: ClientHello,
+        transcript: [u8; SERVER_HELLO_LEN],
+    },
 }
 
 pub struct Handshake {
     tcp: TcpPipe,
+    key: Option<Key>,
     peer: SocketAddr,
     timeout: Duration,
     deadline: Option<Instant>,
@@ -48,9 +56,10 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    pub fn new(tcp: TcpPipe, peer: SocketAddr, timeout: Duration) -> Handshake {
+    pub fn new(tcp: TcpPipe, key: Option<Key>, peer: SocketAddr, timeout: Duration) -> Handshake {
         Handshake {
             tcp,
+            key,
             peer,
             timeout,
             deadline: None,
@@ -89,13 +98,21 @@ impl Handshake {
         window: u32,
         max_payload: u32,
     ) -> Result<(), String> {
-        let answer = ServerHello {
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce);
+        let mut answer = ServerHello {
             status,
-            nonce: [0; 16],
+            nonce,
             window,
             max_payload,
             proof: [0; PROOF_LEN],
         };
+        let transcript = answer.transcript();
+        if let Some(key) = &self.key
+            && status == Status::Ok
+        {
+            answer.proof = key.server_proof(&hello.encode(), &transcript);
+        }
         // A fresh socket always has room for 64 bytes; anything else means
         // the peer is already gone.
         match self.tcp.write(&answer.encode()) {
@@ -104,7 +121,10 @@ impl Handshake {
             Err(e) => return Err(e.to_string()),
         }
         if status == Status::Ok {
-            self.phase = Phase::Auth(hello.clone());
+            self.phase = Phase::Auth {
+                hello: hello.clone(),
+                transcript,
+            };
         }
         Ok(())
     }
@@ -112,6 +132,20 @@ impl Handshake {
     fn fail(&mut self, why: String) -> TaskStatus {
         self.progress = Progress::Failed(why);
         TaskStatus::Done
+    }
+
+    /// The client's proof is wrong: tell it why with an RST frame (it may
+    /// already be sending frames), then close.
+    fn auth_failed(&mut self) -> TaskStatus {
+        self.striper_peer = true;
+        let why = "authentication failed: the client's proof does not match this server's key (wrong key, or none)";
+        let _ = self.tcp.write(&encode_vec(
+            FrameType::Rst,
+            0,
+            0,
+            &rst_payload(reset::AUTH, why),
+        ));
+        self.fail(why.to_string())
     }
 
     fn refuse(&mut self, e: &HandshakeError) -> TaskStatus {
@@ -148,9 +182,14 @@ impl Handshake {
             return TaskStatus::Done;
         }
         let deadline = *self.deadline.get_or_insert(cx.now + self.timeout);
+        // A client that finds our proof wrong (another key) hangs up here.
+        let when = match self.phase {
+            Phase::Hello => "",
+            Phase::Auth { .. } => " before proving the key (a client with another key does this)",
+        };
         let bytes = match self.tcp.fill_buf() {
-            Err(e) => return self.fail(e.to_string()),
-            Ok(Readable::Eof) => return self.fail("closed before completing the handshake".into()),
+            Err(e) => return self.fail(format!("{e}{when}")),
+            Ok(Readable::Eof) => return self.fail(format!("closed{when}")),
             Ok(Readable::Pending) => &[][..],
             Ok(Readable::Bytes(b)) => b,
         };
@@ -165,9 +204,15 @@ impl Handshake {
                 Ok(None) => {}
                 Err(e) => return self.refuse(&e),
             },
-            Phase::Auth(hello) => {
+            Phase::Auth { hello, transcript } => {
                 if bytes.len() >= CLIENT_AUTH_LEN {
                     let hello = hello.clone();
+                    let proven = self.key.as_ref().is_none_or(|k| {
+                        k.verify_client(&hello.encode(), transcript, &bytes[..CLIENT_AUTH_LEN])
+                    });
+                    if !proven {
+                        return self.auth_failed();
+                    }
                     self.tcp.consume(CLIENT_AUTH_LEN);
                     self.progress = Progress::Complete(hello);
                     return TaskStatus::Done;
@@ -175,7 +220,7 @@ impl Handshake {
             }
         }
         if self.tcp.at_eof() {
-            return self.fail("closed in the middle of the handshake".into());
+            return self.fail(format!("closed in the middle of the handshake{when}"));
         }
         if cx.now >= deadline {
             return self.fail(format!(

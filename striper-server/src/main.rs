@@ -13,7 +13,7 @@ use clap::Parser;
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
-use pipes::opts::TuningOpts;
+use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::config::{human_bytes, init_logging, parse_secs, resolve};
@@ -35,19 +35,33 @@ use handshake::{Handshake, Progress};
 ///
 /// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
 #[derive(Parser, Debug)]
-#[command(name = "stripe-server", version, verbatim_doc_comment)]
+#[command(
+    name = "stripe-server",
+    version,
+    verbatim_doc_comment,
+    subcommand_negates_reqs = true
+)]
 struct Opts {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to accept stripes on, e.g. 0.0.0.0:7900 or [::]:7900.
-    #[arg(short, long, value_name = "ADDR")]
-    listen: String,
+    #[arg(short, long, value_name = "ADDR", required = true)]
+    listen: Option<String>,
 
     /// Where every session is relayed to, HOST:PORT. Resolved once at start.
-    #[arg(short, long, value_name = "HOST:PORT")]
-    target: String,
+    /// Clients cannot choose another destination.
+    #[arg(short, long, value_name = "HOST:PORT", required = true)]
+    target: Option<String>,
 
     /// Most sessions open at once; stripes of new sessions beyond it are refused.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_sessions: usize,
+
+    /// Most stripes one session may have; a client asking for more is refused.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u8).range(1..=64))]
+    max_stripes: u8,
 
     /// Most connections still in their handshake at once; more are closed at accept.
     #[arg(long, value_name = "N", default_value_t = 256)]
@@ -56,6 +70,9 @@ struct Opts {
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     handshake_timeout: Duration,
+
+    #[command(flatten)]
+    auth: AuthOpts,
 
     #[command(flatten)]
     tuning: TuningOpts,
@@ -70,6 +87,18 @@ const FINISHED_MEMORY: usize = 65_536;
 fn main() -> ExitCode {
     let opts = Opts::parse();
     init_logging();
+    if let Some(cmd) = &opts.command {
+        return match cmd.run() {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(opts) {
         Ok(code) => code,
         Err(e) => {
@@ -123,6 +152,7 @@ struct Server {
     target: SocketAddr,
     target_name: String,
     max_sessions: usize,
+    max_stripes: u8,
     max_pending: usize,
     handshake_timeout: Duration,
     sessions: HashMap<SessionId, usize>,
@@ -134,14 +164,20 @@ struct Server {
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let cfg = opts.tuning.to_config()?;
-    let targets = resolve("target", &opts.target)?;
-    let listen_addrs = resolve("listen address", &opts.listen)?;
+    let mut cfg = opts.tuning.to_config()?;
+    cfg.key = opts.auth.load()?;
+    let (listen, target) = (
+        opts.listen.expect("required"),
+        opts.target.expect("required"),
+    );
+    let targets = resolve("target", &target)?;
+    let listen_addrs = resolve("listen address", &listen)?;
     let mut server = Server {
         reactor: Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?,
         cfg,
         target: targets[0],
-        target_name: opts.target.clone(),
+        target_name: target.clone(),
+        max_stripes: opts.max_stripes,
         max_sessions: opts.max_sessions.max(1),
         max_pending: opts.max_pending.max(1),
         handshake_timeout: opts.handshake_timeout,
@@ -152,7 +188,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         refused_logged: HashSet::new(),
     };
     let mut listener =
-        bind(&listen_addrs).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+        bind(&listen_addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     server
         .reactor
@@ -165,6 +201,13 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         "listening on {local}, relaying sessions to target {} ({})",
         server.target_name, server.target
     );
+    if server.cfg.key.is_none() {
+        warn!(
+            "running WITHOUT authentication (--insecure-no-auth): anyone who can reach {local} \
+             can use this tunnel to reach {}",
+            server.target_name
+        );
+    }
     let mut own = Vec::new();
     let mut done = Vec::new();
     let mut shutdown: Option<Instant> = None;
@@ -244,7 +287,7 @@ impl Server {
                         continue;
                     }
                     let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
-                    let h = Handshake::new(tcp, peer, self.handshake_timeout);
+                    let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
                     match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
                         Ok(_) => self.pending += 1,
                         Err(e) => warn!("connection from {peer} dropped: cannot register it: {e}"),
@@ -350,6 +393,9 @@ impl Server {
     fn judge(&self, hello: &ClientHello) -> Status {
         if self.finished.contains(&hello.session) {
             return Status::UnknownSession;
+        }
+        if hello.count > self.max_stripes {
+            return Status::SessionFull;
         }
         match (hello.kind, self.sessions.get(&hello.session)) {
             (_, Some(_)) => Status::Ok,

@@ -3,6 +3,7 @@
 //! reads a clock; time comes in as an argument. That keeps it unit-testable,
 //! simulable in virtual time and fuzzable on its own.
 
+pub mod auth;
 pub mod frame;
 pub mod handshake;
 pub mod reassembly;
