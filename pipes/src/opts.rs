@@ -38,6 +38,21 @@ pub struct TuningOpts {
     /// Seconds a connect (to a stripe's server, or to the target) may take.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub connect_timeout: Duration,
+
+    /// Seconds of silence on a stripe before it is sent a keepalive PING.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    pub keepalive: Duration,
+
+    /// Seconds of silence (PINGs unanswered) after which a stripe is
+    /// declared dead; its data goes out again on the other stripes.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub stripe_timeout: Duration,
+
+    /// Seconds a session survives with no stripe at all (an outage) while
+    /// the client re-dials, before both ends close the applications'
+    /// connections. 0: close at once.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub resume_timeout: Duration,
 }
 
 impl TuningOpts {
@@ -71,6 +86,14 @@ impl TuningOpts {
         cfg.session.frame_size = self.frame_size as usize;
         cfg.notsent_lowat = self.notsent_lowat as u32;
         cfg.connect_timeout = self.connect_timeout;
+        if self.keepalive.is_zero() || self.stripe_timeout <= self.keepalive {
+            return Err(
+                "--stripe-timeout must be longer than --keepalive, and both above 0".into(),
+            );
+        }
+        cfg.session.keepalive = self.keepalive;
+        cfg.session.stripe_timeout = self.stripe_timeout;
+        cfg.resume_timeout = self.resume_timeout;
         Ok(cfg)
     }
 }

@@ -9,17 +9,27 @@
 //! only reports a stripe writable when it can send soon: bytes wait in the
 //! application's socket rather than behind a slow stripe.
 //!
-//! Failure policy: a stripe that cannot connect, is refused, resets or
-//! closes early is dropped with a warning and its unacknowledged bytes go
-//! out again on the others; the session fails only when no stripe is left,
-//! or at once on anything that means the byte stream cannot be trusted (a
-//! corrupt frame, a protocol violation, the peer's RST).
+//! Failure policy:
+//! - a stripe that cannot connect, is refused, resets, closes early or stays
+//!   silent past the stripe timeout (keepalive PINGs unanswered) is dropped
+//!   with a warning; its unacknowledged bytes go out again on the others;
+//! - the client re-dials lost stripes in the background, with exponential
+//!   backoff and jitter, joining the same session;
+//! - when every stripe is gone, both ends keep the session (and the
+//!   applications' connections) for the resume timeout while the client
+//!   re-dials; the first stripe that gets through resumes it where the
+//!   data-level acknowledgements say;
+//! - the session fails at once on anything that means the byte stream cannot
+//!   be trusted (a corrupt frame, a protocol violation, the peer's RST), and
+//!   a client that never reached the server fails as soon as its first
+//!   stripes have all failed: there is no session to resume.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::{Registry, Token};
+use rand::RngExt;
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
 use crate::framed::{FramedError, FramedPipe, Next};
@@ -38,6 +48,9 @@ const READ_BUDGET: usize = 1 << 20;
 const WRITE_BUDGET: usize = 4 << 20;
 /// Interval between round-trip readings of a stripe.
 const RTT_INTERVAL: Duration = Duration::from_millis(100);
+/// First re-dial delay; doubles per failed attempt up to the maximum.
+const REDIAL_BASE: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(5);
 
 /// Settings of the IO side of a session.
 #[derive(Clone, Debug)]
@@ -51,6 +64,9 @@ pub struct StripedConfig {
     pub close_linger: Duration,
     /// Buffers of a session idle this long are freed.
     pub idle_release: Duration,
+    /// How long a session with no stripe at all is kept for a stripe to
+    /// come back. Zero: fail at once.
+    pub resume_timeout: Duration,
     /// The pre-shared key; `None` runs without authentication.
     pub key: Option<Key>,
 }
@@ -63,6 +79,7 @@ impl Default for StripedConfig {
             connect_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(5),
             idle_release: Duration::from_secs(2),
+            resume_timeout: Duration::from_secs(60),
             key: None,
         }
     }
@@ -72,7 +89,8 @@ impl Default for StripedConfig {
 enum StripeState {
     /// Client: TCP connect in progress.
     Connecting,
-    /// Client: hello sent, frames may follow; the server's answer is next to read.
+    /// Client: hello sent; the server's answer is next to read. Without a
+    /// key, frames already go out.
     AwaitServerHello,
     Up,
     /// The peer closed its side at the end of the session; we only write.
@@ -84,9 +102,20 @@ enum StripeState {
 struct Stripe {
     framed: FramedPipe<TcpPipe>,
     state: StripeState,
+    /// When the stripe entered its state (for the handshake timeout).
+    since: Option<Instant>,
     last_rtt: Option<Instant>,
     /// Client: the hello this stripe sent, for the proofs' transcript.
     hello: Option<[u8; CLIENT_HELLO_LEN]>,
+    /// Client: whether the hello was a JOIN (a refusal then ends the session).
+    join: bool,
+}
+
+/// Client re-dial state of one stripe index.
+#[derive(Clone, Copy, Default)]
+struct Redial {
+    at: Option<Instant>,
+    attempts: u32,
 }
 
 enum Role {
@@ -103,12 +132,17 @@ pub struct StripedPipe {
     cfg: StripedConfig,
     session: Session,
     stripes: Vec<Option<Stripe>>,
+    redial: Vec<Redial>,
     span: Option<TokenSpan>,
     failed: Option<PipeError>,
     /// Last reason a stripe was lost, for the message if all are.
     last_stripe_error: Option<PipeError>,
-    ever_up: bool,
+    /// The server knows this session: the client got an accepting answer
+    /// (always true on the server). Only then is there something to resume.
+    established: bool,
     peer_known: bool,
+    /// Since when no stripe has been up (an outage in progress).
+    orphaned_since: Option<Instant>,
     closing_since: Option<Instant>,
     last_activity: Option<Instant>,
     label: String,
@@ -134,16 +168,8 @@ impl StripedPipe {
         );
         let mut first_err = None;
         for i in 0..count as usize {
-            let name = format!("server {server_name}");
-            match TcpPipe::connect(server, name, pipe.cfg.connect_timeout) {
-                Ok(tcp) => {
-                    pipe.stripes[i] = Some(Stripe {
-                        framed: FramedPipe::new(tcp, pipe.cfg.session.max_payload as usize),
-                        state: StripeState::Connecting,
-                        last_rtt: None,
-                        hello: None,
-                    });
-                }
+            match pipe.connect_stripe(false) {
+                Ok(s) => pipe.stripes[i] = Some(s),
                 Err(e) => {
                     warn!("{}: stripe {i} could not start connecting: {e}", pipe.label);
                     first_err.get_or_insert(e);
@@ -161,6 +187,7 @@ impl StripedPipe {
         let mut pipe = StripedPipe::new(Role::Server, cfg, id, count as usize);
         pipe.session.set_peer_params(peer.window, peer.max_payload);
         pipe.peer_known = true;
+        pipe.established = true;
         pipe
     }
 
@@ -170,12 +197,14 @@ impl StripedPipe {
             id,
             session: Session::new(cfg.session.clone(), count),
             stripes: (0..count).map(|_| None).collect(),
+            redial: vec![Redial::default(); count],
             cfg,
             span: None,
             failed: None,
             last_stripe_error: None,
-            ever_up: false,
+            established: false,
             peer_known: false,
+            orphaned_since: None,
             closing_since: None,
             last_activity: None,
             label: format!("session {}", short_id(&id)),
@@ -217,12 +246,14 @@ impl StripedPipe {
                 .sum::<usize>()
     }
 
-    /// Server: adds a handshaken stripe (it may replace a dead one).
+    /// Server: adds a handshaken stripe (it may replace one that died or
+    /// that the client gave up on).
     pub fn add_stripe(
         &mut self,
         registry: &Registry,
         index: u8,
         mut tcp: TcpPipe,
+        now: Instant,
     ) -> Result<(), PipeError> {
         let i = index as usize;
         if i >= self.stripes.len() {
@@ -235,9 +266,8 @@ impl StripedPipe {
             ));
         }
         let span = self.span.expect("registered before stripes join");
-        if let Some(mut old) = self.stripes[i].take() {
-            debug!("{}: stripe {i} replaced by a new connection", self.label);
-            old.framed.inner_mut().deregister(registry);
+        let replaced = self.stripes[i].take().is_some();
+        if replaced {
             self.session.stripe_down(i);
         }
         tcp.register_token(registry, span.token(i))
@@ -246,16 +276,27 @@ impl StripedPipe {
         self.stripes[i] = Some(Stripe {
             framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
             state: StripeState::Up,
+            since: Some(now),
             last_rtt: None,
             hello: None,
+            join: false,
         });
-        self.session.stripe_up(i);
-        self.ever_up = true;
-        debug!(
-            "{}: stripe {i} joined ({} up)",
-            self.label,
-            self.session.stripes_up()
-        );
+        self.session.stripe_up(i, now);
+        if replaced || self.session.stats().stripes_lost > 0 {
+            self.session.stats_mut().stripes_redialed += 1;
+            info!(
+                "{}: stripe {i} re-joined ({} of {} up)",
+                self.label,
+                self.session.stripes_up(),
+                self.stripes.len()
+            );
+        } else {
+            debug!(
+                "{}: stripe {i} joined ({} up)",
+                self.label,
+                self.session.stripes_up()
+            );
+        }
         Ok(())
     }
 
@@ -273,8 +314,33 @@ impl StripedPipe {
         e
     }
 
-    /// Drops stripe `i` after `err`; the session goes on with the others.
-    fn lose_stripe(&mut self, i: usize, err: PipeError) {
+    /// Client: a new connection for stripe `i`.
+    fn connect_stripe(&self, join: bool) -> Result<Stripe, PipeError> {
+        let Role::Client {
+            server,
+            server_name,
+        } = &self.role
+        else {
+            unreachable!("only clients dial");
+        };
+        let tcp = TcpPipe::connect(
+            *server,
+            format!("server {server_name}"),
+            self.cfg.connect_timeout,
+        )?;
+        Ok(Stripe {
+            framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
+            state: StripeState::Connecting,
+            since: None,
+            last_rtt: None,
+            hello: None,
+            join,
+        })
+    }
+
+    /// Drops stripe `i` after `err`; the session goes on with the others,
+    /// and a client schedules a re-dial.
+    fn lose_stripe(&mut self, i: usize, err: PipeError, now: Instant) {
         let Some(mut s) = self.stripes[i].take() else {
             return;
         };
@@ -282,23 +348,75 @@ impl StripedPipe {
         let was_up = self.session.is_stripe_up(i);
         self.session.stripe_down(i);
         let left = self.stripes.iter().flatten().count();
-        if was_up {
-            warn!(
-                "{}: stripe {i} lost: {err}; {left} stripe(s) left",
+        let what = if was_up { "lost" } else { "failed" };
+        let next = self.schedule_redial(i, now);
+        match next {
+            Some(delay) => warn!(
+                "{}: stripe {i} {what}: {err}; {left} stripe(s) left, re-dialing in {} ms",
+                self.label,
+                delay.as_millis()
+            ),
+            None => warn!(
+                "{}: stripe {i} {what}: {err}; {left} stripe(s) left",
                 self.label
-            );
-        } else {
-            warn!(
-                "{}: stripe {i} failed: {err}; {left} stripe(s) left",
-                self.label
-            );
+            ),
         }
         self.last_stripe_error = Some(err);
     }
 
-    fn client_hello(&self, i: usize) -> ClientHello {
+    /// Client: plans the next connection for stripe `i`, with exponential
+    /// backoff and jitter so many clients do not come back in lockstep.
+    fn schedule_redial(&mut self, i: usize, now: Instant) -> Option<Duration> {
+        if !matches!(self.role, Role::Client { .. })
+            || !self.established
+            || self.closing_since.is_some()
+            || self.failed.is_some()
+            || self.redial[i].at.is_some()
+        {
+            return None;
+        }
+        let r = &mut self.redial[i];
+        let exp = REDIAL_BASE
+            .saturating_mul(1 << r.attempts.min(8))
+            .min(REDIAL_MAX);
+        let delay = exp.mul_f64(rand::rng().random_range(0.5..1.5));
+        r.attempts += 1;
+        r.at = Some(now + delay);
+        Some(delay)
+    }
+
+    /// Client: starts the re-dials that are due.
+    fn start_redials(&mut self, registry: &Registry, now: Instant) {
+        for i in 0..self.stripes.len() {
+            if self.stripes[i].is_some() || self.redial[i].at.is_none_or(|t| t > now) {
+                continue;
+            }
+            self.redial[i].at = None;
+            let span = self.span.expect("registered");
+            match self.connect_stripe(true) {
+                Ok(mut s) => match s.framed.inner_mut().register_token(registry, span.token(i)) {
+                    Ok(()) => {
+                        debug!("{}: re-dialing stripe {i}", self.label);
+                        self.stripes[i] = Some(s);
+                    }
+                    Err(e) => {
+                        let e = PipeError::io("stripe", &e);
+                        self.last_stripe_error = Some(e);
+                        self.schedule_redial(i, now);
+                    }
+                },
+                Err(e) => {
+                    debug!("{}: re-dial of stripe {i} failed: {e}", self.label);
+                    self.last_stripe_error = Some(e);
+                    self.schedule_redial(i, now);
+                }
+            }
+        }
+    }
+
+    fn client_hello(&self, i: usize, join: bool) -> ClientHello {
         ClientHello {
-            kind: Kind::Open,
+            kind: if join { Kind::Join } else { Kind::Open },
             index: i as u8,
             count: self.stripes.len() as u8,
             session: self.id,
@@ -313,6 +431,7 @@ impl StripedPipe {
         let Some(s) = self.stripes[i].as_mut() else {
             return Ok(());
         };
+        let since = *s.since.get_or_insert(now);
         match s.state {
             StripeState::Connecting => {
                 s.framed.inner_mut().poll_connect(now)?;
@@ -321,23 +440,25 @@ impl StripedPipe {
                 }
                 let fd = s.framed.inner().raw_fd();
                 let _ = sys::set_notsent_lowat(fd, self.cfg.notsent_lowat);
-                let hello = self.client_hello(i).encode();
+                let join = s.join && self.established;
+                let hello = self.client_hello(i, join).encode();
                 let s = self.stripes[i].as_mut().expect("present");
                 s.framed.queue_raw(&hello);
                 s.hello = Some(hello);
+                s.join = join;
                 s.state = StripeState::AwaitServerHello;
+                s.since = Some(now);
                 debug!("{}: stripe {i} connected", self.label);
                 if self.cfg.key.is_none() {
                     // No key: the (empty) proof and the first frames follow
                     // the hello at once, without waiting for the answer.
                     s.framed.queue_raw(&[0u8; CLIENT_AUTH_LEN]);
-                    self.session.stripe_up(i);
-                    self.ever_up = true;
+                    self.session.stripe_up(i, now);
                 }
             }
             StripeState::AwaitServerHello => {
                 let parsed = match s.framed.inner_mut().fill_buf()? {
-                    Readable::Pending => return Ok(()),
+                    Readable::Pending => None,
                     Readable::Eof => {
                         return Err(PipeError::new(
                             ErrorKind::Reset,
@@ -347,10 +468,17 @@ impl StripedPipe {
                             ),
                         ));
                     }
-                    Readable::Bytes(b) => ServerHello::parse(b),
+                    Readable::Bytes(b) => Some(ServerHello::parse(b)),
                 };
                 let hello = match parsed {
-                    Ok(None) => {
+                    Some(Ok(Some(h))) => h,
+                    Some(Err(e)) => {
+                        return Err(PipeError::new(
+                            ErrorKind::Protocol,
+                            format!("{} answered with a bad handshake: {e}", self.peer_name()),
+                        ));
+                    }
+                    None | Some(Ok(None)) => {
                         if s.framed.inner().at_eof() {
                             return Err(PipeError::new(
                                 ErrorKind::Reset,
@@ -360,22 +488,36 @@ impl StripedPipe {
                                 ),
                             ));
                         }
+                        let timeout = self.cfg.session.stripe_timeout;
+                        if now.saturating_duration_since(since) >= timeout {
+                            return Err(PipeError::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "no answer from {} within {:.0} s",
+                                    self.peer_name(),
+                                    timeout.as_secs_f64()
+                                ),
+                            ));
+                        }
                         return Ok(());
-                    }
-                    Ok(Some(h)) => h,
-                    Err(e) => {
-                        return Err(PipeError::new(
-                            ErrorKind::Protocol,
-                            format!("{} answered with a bad handshake: {e}", self.peer_name()),
-                        ));
                     }
                 };
                 s.framed.inner_mut().consume(SERVER_HELLO_LEN);
                 if hello.status != Status::Ok {
-                    return Err(PipeError::new(
+                    let joined = s.join;
+                    let e = PipeError::new(
                         ErrorKind::Protocol,
                         format!("{} refused the stripe: {}", self.peer_name(), hello.status),
-                    ));
+                    );
+                    if joined && hello.status == Status::UnknownSession {
+                        // The server has forgotten the session (it timed
+                        // out or restarted): nothing to resume.
+                        return Err(self.fail(PipeError::new(
+                            ErrorKind::Reset,
+                            format!("{} no longer has this session", self.peer_name()),
+                        )));
+                    }
+                    return Err(e);
                 }
                 if let Some(key) = &self.cfg.key {
                     let sent = s.hello.expect("sent before the answer");
@@ -391,14 +533,34 @@ impl StripedPipe {
                     }
                     s.framed
                         .queue_raw(&key.client_proof(&sent, &hello.transcript()));
-                    self.session.stripe_up(i);
-                    self.ever_up = true;
+                    self.session.stripe_up(i, now);
                 }
                 s.state = StripeState::Up;
+                s.since = Some(now);
+                self.redial[i].attempts = 0;
                 if !self.peer_known {
                     self.session
                         .set_peer_params(hello.window, hello.max_payload);
                     self.peer_known = true;
+                }
+                if s.join {
+                    self.session.stats_mut().stripes_redialed += 1;
+                    info!(
+                        "{}: stripe {i} re-joined ({} of {} up)",
+                        self.label,
+                        self.session.stripes_up(),
+                        self.stripes.len()
+                    );
+                }
+                if !self.established {
+                    self.established = true;
+                    // Stripes that failed before the server knew the
+                    // session can now be re-dialed as members of it.
+                    for j in 0..self.stripes.len() {
+                        if self.stripes[j].is_none() {
+                            self.schedule_redial(j, now);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -407,25 +569,19 @@ impl StripedPipe {
     }
 
     /// Reads frames from stripe `i`. Returns true if its budget ran out.
-    fn read_stripe(&mut self, i: usize) -> Result<bool, PipeError> {
+    fn read_stripe(&mut self, i: usize, now: Instant) -> Result<bool, PipeError> {
         let mut budget = READ_BUDGET;
         loop {
             let Some(s) = self.stripes[i].as_mut() else {
                 return Ok(false);
             };
-            if !matches!(
-                s.state,
-                StripeState::Up | StripeState::PeerClosed | StripeState::AwaitServerHello
-            ) {
-                return Ok(false);
-            }
-            if s.state == StripeState::AwaitServerHello {
-                // Frames only follow the server's answer.
+            // Frames only follow the server's answer.
+            if !matches!(s.state, StripeState::Up | StripeState::PeerClosed) {
                 return Ok(false);
             }
             match s.framed.next_frame() {
                 Ok(Next::Frame(f, n)) => {
-                    let r = self.session.handle_frame(i, f);
+                    let r = self.session.handle_frame(i, f, now);
                     s.framed.consume_frame(n);
                     if let Err(e) = r {
                         return Err(self.session_error(e));
@@ -447,7 +603,7 @@ impl StripedPipe {
                         ErrorKind::Reset,
                         format!("{} closed the stripe", self.peer_name()),
                     );
-                    self.lose_stripe(i, e);
+                    self.lose_stripe(i, e, now);
                     return Ok(false);
                 }
                 Err(e @ FramedError::Corrupt { .. }) => {
@@ -462,11 +618,11 @@ impl StripedPipe {
                             self.peer_name()
                         ),
                     );
-                    self.lose_stripe(i, e);
+                    self.lose_stripe(i, e, now);
                     return Ok(false);
                 }
                 Err(FramedError::Pipe(e)) => {
-                    self.lose_stripe(i, e);
+                    self.lose_stripe(i, e, now);
                     return Ok(false);
                 }
             }
@@ -515,7 +671,7 @@ impl StripedPipe {
 
     /// Writes frames until the stripes are full, the session has nothing
     /// more, or the budget is spent. Returns true if the budget ran out.
-    fn transmit(&mut self) -> bool {
+    fn transmit(&mut self, now: Instant) -> bool {
         for i in 0..self.stripes.len() {
             let Some(s) = self.stripes[i].as_mut() else {
                 continue;
@@ -523,7 +679,7 @@ impl StripedPipe {
             if !s.framed.is_idle() && s.framed.inner().is_writable() {
                 let session = &self.session;
                 if let Err(e) = s.framed.flush(|o, l| session.send_slices(o, l)) {
-                    self.lose_stripe(i, e);
+                    self.lose_stripe(i, e, now);
                     continue;
                 }
             }
@@ -547,7 +703,7 @@ impl StripedPipe {
             match s.framed.send(t, |o, l| session.send_slices(o, l)) {
                 Ok(true) => {}
                 Ok(false) => self.session.set_stripe_writable(i, false),
-                Err(e) => self.lose_stripe(i, e),
+                Err(e) => self.lose_stripe(i, e, now),
             }
             if sent >= WRITE_BUDGET {
                 return true;
@@ -556,15 +712,81 @@ impl StripedPipe {
         false
     }
 
-    fn check_alive(&mut self) -> Result<(), PipeError> {
-        if self.stripes.iter().any(|s| s.is_some()) {
+    /// Keepalive: stripes silent past the timeout are dropped.
+    fn check_silence(&mut self, now: Instant) {
+        while let Some(i) = self.session.handle_timeout(now) {
+            let timeout = self.cfg.session.stripe_timeout.as_secs_f64();
+            let e = PipeError::new(
+                ErrorKind::Timeout,
+                format!("nothing heard on it for {timeout:.0} s"),
+            );
+            if self.stripes[i].is_some() {
+                self.lose_stripe(i, e, now);
+            } else {
+                self.session.stripe_down(i);
+            }
+        }
+    }
+
+    /// Fails the session when no stripe is left and none can come back;
+    /// tracks outages otherwise.
+    fn check_alive(&mut self, now: Instant) -> Result<(), PipeError> {
+        if self.session.stripes_up() > 0 {
+            if let Some(since) = self.orphaned_since.take() {
+                self.session.stats_mut().outages_survived += 1;
+                info!(
+                    "{}: resumed after {:.1} s without any stripe",
+                    self.label,
+                    now.saturating_duration_since(since).as_secs_f64()
+                );
+            }
             return Ok(());
         }
-        let last = self.last_stripe_error.clone();
-        let e = match (&self.role, self.ever_up, last) {
-            (Role::Client { server_name, .. }, false, Some(last))
-                if last.kind == ErrorKind::Connect =>
-            {
+        if !self.established {
+            // Nothing to resume: wait only for the first stripes in progress.
+            if self.stripes.iter().any(|s| s.is_some()) {
+                return Ok(());
+            }
+            return Err(self.fail(self.unreachable_error()));
+        }
+        let resume = self.cfg.resume_timeout;
+        let since = match self.orphaned_since {
+            Some(t) => t,
+            None if resume.is_zero() => return Err(self.fail(self.all_lost_error())),
+            None => {
+                warn!(
+                    "{}: every stripe is gone; keeping the session for {:.0} s{}",
+                    self.label,
+                    resume.as_secs_f64(),
+                    if matches!(self.role, Role::Client { .. }) {
+                        " while re-dialing"
+                    } else {
+                        " for the client to come back"
+                    }
+                );
+                self.orphaned_since = Some(now);
+                now
+            }
+        };
+        if now.saturating_duration_since(since) >= resume {
+            let last = self
+                .last_stripe_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (last: {e})"));
+            return Err(self.fail(PipeError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no stripe came back within {:.0} s{last}",
+                    resume.as_secs_f64()
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    fn unreachable_error(&self) -> PipeError {
+        match (&self.role, &self.last_stripe_error) {
+            (Role::Client { server_name, .. }, Some(last)) if last.kind == ErrorKind::Connect => {
                 PipeError::new(
                     ErrorKind::Connect,
                     format!(
@@ -573,13 +795,18 @@ impl StripedPipe {
                     ),
                 )
             }
-            (_, _, Some(last)) => PipeError::new(
+            _ => self.all_lost_error(),
+        }
+    }
+
+    fn all_lost_error(&self) -> PipeError {
+        match &self.last_stripe_error {
+            Some(last) => PipeError::new(
                 last.kind,
                 format!("all {} stripes lost (last: {last})", self.stripes.len()),
             ),
-            (_, _, None) => PipeError::new(ErrorKind::Reset, "all stripes lost"),
-        };
-        Err(self.fail(e))
+            None => PipeError::new(ErrorKind::Reset, "all stripes lost"),
+        }
     }
 
     fn release_if_idle(&mut self, now: Instant) {
@@ -646,31 +873,37 @@ impl Pipe for StripedPipe {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        let now = cx.now;
         let mut again = false;
         let before = (
             self.session.stats().bytes_in,
             self.session.recv_backlog(),
             self.session.send_backlog(),
         );
+        self.start_redials(cx.registry, now);
         for i in 0..self.stripes.len() {
-            if let Err(e) = self.advance_handshake(i, cx.now) {
-                self.lose_stripe(i, e);
+            if let Err(e) = self.advance_handshake(i, now) {
+                self.lose_stripe(i, e, now);
                 continue;
             }
-            again |= self.read_stripe(i)?;
+            again |= self.read_stripe(i, now)?;
         }
-        self.update_metrics(cx.now);
-        again |= self.transmit();
-        self.check_alive()?;
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.check_silence(now);
+        self.update_metrics(now);
+        again |= self.transmit(now);
+        self.check_alive(now)?;
         let after = (
             self.session.stats().bytes_in,
             self.session.recv_backlog(),
             self.session.send_backlog(),
         );
         if before != after {
-            self.last_activity = Some(cx.now);
+            self.last_activity = Some(now);
         }
-        self.release_if_idle(cx.now);
+        self.release_if_idle(now);
         Ok(again)
     }
 
@@ -724,8 +957,9 @@ impl Pipe for StripedPipe {
     }
 
     fn poll_close(&mut self, cx: &mut Ctx<'_>) -> bool {
-        let since = *self.closing_since.get_or_insert(cx.now);
-        if cx.now.duration_since(since) >= self.cfg.close_linger {
+        let now = cx.now;
+        let since = *self.closing_since.get_or_insert(now);
+        if now.duration_since(since) >= self.cfg.close_linger {
             if self.stripes.iter().any(|s| s.is_some()) {
                 debug!(
                     "{}: peer did not close within {:?}; closing anyway",
@@ -747,34 +981,29 @@ impl Pipe for StripedPipe {
                     debug!("{}: stripe {i} closed", self.label);
                     self.stripes[i] = None;
                 }
-            } else if self.failed.is_none() && self.read_stripe(i).is_err() {
+            } else if self.failed.is_none() {
                 // A late error changes nothing now.
+                let _ = self.read_stripe(i, now);
             }
         }
-        self.transmit();
+        self.transmit(now);
         let aborting = self.session.abort_sent() || self.failed.is_some();
         let flushed = self.session.is_finished() || aborting;
-        for s in self.stripes.iter_mut().flatten() {
-            let connecting = s.state == StripeState::Connecting;
-            if flushed && s.framed.is_idle() && s.state != StripeState::Draining {
-                if connecting {
-                    s.state = StripeState::Draining;
-                    s.framed
-                        .inner_mut()
-                        .abort(&PipeError::new(ErrorKind::Shutdown, "session over"));
-                    continue;
-                }
-                let _ = s.framed.inner_mut().shutdown_write();
-                s.state = StripeState::Draining;
-            }
-        }
-        // Connecting stripes were aborted above; nothing to drain there.
         for slot in self.stripes.iter_mut() {
-            if slot.as_ref().is_some_and(|s| {
-                s.state == StripeState::Draining && !s.framed.inner().is_connected()
-            }) {
-                *slot = None;
+            let Some(s) = slot else { continue };
+            if !flushed || !s.framed.is_idle() || s.state == StripeState::Draining {
+                continue;
             }
+            if matches!(
+                s.state,
+                StripeState::Connecting | StripeState::AwaitServerHello
+            ) {
+                // Never joined: nothing to say goodbye to.
+                *slot = None;
+                continue;
+            }
+            let _ = s.framed.inner_mut().shutdown_write();
+            s.state = StripeState::Draining;
         }
         self.stripes.iter().all(|s| s.is_none())
     }

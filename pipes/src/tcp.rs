@@ -237,9 +237,23 @@ impl TcpPipe {
         }
     }
 
-    /// Sets the socket option that makes close() send a reset.
-    fn reset_on_close(&self) {
+    /// Resets the connection now, without waiting for the socket to be
+    /// dropped: the peer learns at once that the stream was aborted.
+    fn reset_now(&self) {
         let _ = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO));
+        // connect(AF_UNSPEC) disconnects a TCP socket; with a zero linger
+        // the kernel sends a RST (tcp_disconnect). The descriptor stays
+        // valid until the pipe is dropped.
+        // SAFETY: a zeroed sockaddr with family AF_UNSPEC and its size.
+        unsafe {
+            let mut sa: libc::sockaddr = std::mem::zeroed();
+            sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(
+                self.sock.as_raw_fd(),
+                &sa,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            );
+        }
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -365,7 +379,9 @@ impl Pipe for TcpPipe {
     }
 
     fn abort(&mut self, _reason: &PipeError) {
-        self.reset_on_close();
+        if self.state != State::Closed || self.error.is_some() {
+            self.reset_now();
+        }
         self.state = State::Closed;
     }
 

@@ -87,7 +87,7 @@ impl End {
         let mut session = Session::new(cfg, links.len());
         session.set_peer_params(MIN_WINDOW * 8, 64 * 1024);
         for i in 0..links.len() {
-            session.stripe_up(i);
+            session.stripe_up(i, Instant::now());
         }
         End {
             session,
@@ -138,13 +138,15 @@ impl End {
     }
 
     /// Frames that arrived on `peer`'s links are handed to this session.
-    fn receive(&mut self, peer: &mut End) {
+    fn receive(&mut self, peer: &mut End, now: Instant) {
         for (i, link) in peer.tx.iter_mut().enumerate() {
             let mut at = 0;
             while let Some((f, n)) =
                 frame::decode(&link.arrived[at..], 1 << 20).expect("valid frames")
             {
-                self.session.handle_frame(i, f).expect("frame accepted");
+                self.session
+                    .handle_frame(i, f, now)
+                    .expect("frame accepted");
                 at += n;
             }
             link.arrived.drain(..at);
@@ -210,8 +212,8 @@ fn run(
         for l in a.tx.iter_mut().chain(b.tx.iter_mut()) {
             l.step(now);
         }
-        a.receive(&mut b);
-        b.receive(&mut a);
+        a.receive(&mut b, now);
+        b.receive(&mut a, now);
         now += STEP;
     }
     assert!(a.got == b_data, "seed {seed}: a→b stream differs");

@@ -336,20 +336,12 @@ impl<P: Pipe> Tunnel<P> {
             striped.stripe_count(),
             human_bytes(up),
             human_bytes(down),
-            resend_note(stats.stripes_lost, stats.bytes_resent),
+            stats.fault_summary(),
         );
         match self.bridge.outcome() {
             Some(Outcome::Failed { .. }) => warn!("{line}"),
             _ => info!("{line}"),
         }
-    }
-}
-
-fn resend_note(lost: u64, resent: u64) -> String {
-    if lost == 0 {
-        String::new()
-    } else {
-        format!(", {lost} stripe(s) lost, {} re-sent", human_bytes(resent))
     }
 }
 

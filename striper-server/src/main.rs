@@ -428,10 +428,10 @@ impl Server {
             return;
         };
         let ServerTask::Session(s) = task else { return };
-        if let Err(e) = s
-            .bridge
-            .a_mut()
-            .add_stripe(registry, hello.index, h.into_tcp())
+        if let Err(e) =
+            s.bridge
+                .a_mut()
+                .add_stripe(registry, hello.index, h.into_tcp(), Instant::now())
         {
             warn!(
                 "stripe {} from {peer} could not join session {}: {e}",
@@ -493,15 +493,7 @@ fn log_close(s: &SessionTask, target: &str) {
         Some(Outcome::Finished) | None => "both sides closed".to_string(),
         Some(Outcome::Failed { error, .. }) => error.message.clone(),
     };
-    let lost = if stats.stripes_lost == 0 {
-        String::new()
-    } else {
-        format!(
-            ", {} stripe(s) lost, {} re-sent",
-            stats.stripes_lost,
-            human_bytes(stats.bytes_resent)
-        )
-    };
+    let lost = stats.fault_summary();
     let line = format!(
         "session {} closed after {:.1} s: client {} <-> target {target}, {} stripes, to target {}, to client {}{lost}; {why}",
         short_id(striped.id()),

@@ -47,6 +47,10 @@ pub struct SessionConfig {
     pub max_pieces: usize,
     /// Window over which stripe drain rates are measured.
     pub rate_interval: Duration,
+    /// A stripe silent this long gets a PING.
+    pub keepalive: Duration,
+    /// A stripe silent this long (nothing received, PINGs unanswered) is dead.
+    pub stripe_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -58,6 +62,8 @@ impl Default for SessionConfig {
             unsent_limit: 256 << 10,
             max_pieces: 16_384,
             rate_interval: Duration::from_millis(100),
+            keepalive: Duration::from_secs(1),
+            stripe_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -147,7 +153,32 @@ pub struct SessionStats {
     pub bytes_in: u64,
     /// Bytes sent a second time after a stripe was lost.
     pub bytes_resent: u64,
+    /// Stripes that failed after carrying traffic.
     pub stripes_lost: u64,
+    /// Stripes replaced by a new connection.
+    pub stripes_redialed: u64,
+    /// Times every stripe was gone and the session came back.
+    pub outages_survived: u64,
+}
+
+impl SessionStats {
+    /// The faults the session lived through, for its close log line: empty
+    /// when there were none, else ", 2 stripe(s) lost, ...".
+    pub fn fault_summary(&self) -> String {
+        if self.stripes_lost == 0 && self.stripes_redialed == 0 && self.bytes_resent == 0 {
+            return String::new();
+        }
+        let mut s = format!(
+            ", {} stripe(s) lost, {} re-dialed, {} re-sent",
+            self.stripes_lost,
+            self.stripes_redialed,
+            striper_core::config::human_bytes(self.bytes_resent)
+        );
+        if self.outages_survived > 0 {
+            s += &format!(", {} outage(s) survived", self.outages_survived);
+        }
+        s
+    }
 }
 
 struct Stripe {
@@ -163,6 +194,13 @@ struct Stripe {
     ledger: VecDeque<(u64, u64)>,
     rst_sent: bool,
     pong_due: Option<u64>,
+    /// When a frame last arrived on this stripe.
+    last_heard: Option<Instant>,
+    /// The outstanding PING: its value and when it was decided.
+    ping: Option<(u64, Instant)>,
+    ping_due: bool,
+    /// Round trip of the last PING/PONG, including our own queues.
+    ping_rtt: Option<Duration>,
 }
 
 pub struct Session {
@@ -189,6 +227,7 @@ pub struct Session {
     // Both.
     stripes: Vec<Stripe>,
     rst_out: Option<(u16, String)>,
+    ping_seq: u64,
     views: Vec<StripeView>,
     stats: SessionStats,
 }
@@ -216,6 +255,7 @@ impl Session {
             fin_ack_sent: false,
             stripes,
             rst_out: None,
+            ping_seq: 0,
             views: Vec::new(),
             stats: SessionStats::default(),
             cfg,
@@ -355,7 +395,7 @@ impl Session {
     }
 
     /// Stripe `i` can carry frames (it is connected and handshaken).
-    pub fn stripe_up(&mut self, i: usize) {
+    pub fn stripe_up(&mut self, i: usize, now: Instant) {
         if i >= self.stripes.len() {
             self.stripes
                 .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
@@ -363,6 +403,7 @@ impl Session {
         self.stripes[i] = Stripe::new(self.cfg.rate_interval);
         self.stripes[i].up = true;
         self.stripes[i].writable = true;
+        self.stripes[i].last_heard = Some(now);
         // A new stripe after a loss: tell the peer where we are.
         if self.recv.delivered() > 0 || self.fin_in.is_some() {
             self.ack_due = true;
@@ -426,8 +467,16 @@ impl Session {
     }
 
     /// A frame arrived on stripe `i`.
-    pub fn handle_frame(&mut self, i: usize, frame: Frame<'_>) -> Result<(), SessionError> {
+    pub fn handle_frame(
+        &mut self,
+        i: usize,
+        frame: Frame<'_>,
+        now: Instant,
+    ) -> Result<(), SessionError> {
         let h = frame.header;
+        if let Some(s) = self.stripes.get_mut(i) {
+            s.last_heard = Some(now);
+        }
         match h.ty {
             FrameType::Data => {
                 self.recv
@@ -458,9 +507,52 @@ impl Session {
                     s.pong_due = Some(h.value);
                 }
             }
-            FrameType::Pong => {}
+            FrameType::Pong => {
+                if let Some(s) = self.stripes.get_mut(i)
+                    && let Some((v, sent)) = s.ping
+                    && v == h.value
+                {
+                    s.ping = None;
+                    s.ping_rtt = Some(now.saturating_duration_since(sent));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Keepalive: PINGs stripes that have been silent, and returns a stripe
+    /// that has been silent past the timeout (the caller closes it and calls
+    /// [`Session::stripe_down`]).
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<usize> {
+        let (keepalive, timeout) = (self.cfg.keepalive, self.cfg.stripe_timeout);
+        for (i, s) in self.stripes.iter_mut().enumerate() {
+            let Some(heard) = s.last_heard.filter(|_| s.up) else {
+                continue;
+            };
+            let silent = now.saturating_duration_since(heard);
+            if silent >= timeout {
+                return Some(i);
+            }
+            let ping_old = s
+                .ping
+                .is_none_or(|(_, t)| now.saturating_duration_since(t) >= keepalive);
+            if silent >= keepalive && ping_old && !s.ping_due {
+                self.ping_seq += 1;
+                s.ping = Some((self.ping_seq, now));
+                s.ping_due = true;
+            }
+        }
+        None
+    }
+
+    /// Round trip measured by stripe `i`'s last PING.
+    pub fn stripe_ping_rtt(&self, i: usize) -> Option<Duration> {
+        self.stripes.get(i).and_then(|s| s.ping_rtt)
+    }
+
+    /// Counters the IO side keeps (re-dials, outages).
+    pub fn stats_mut(&mut self) -> &mut SessionStats {
+        &mut self.stats
     }
 
     fn handle_ack(&mut self, i: usize, ack: u64, fin: bool) -> Result<(), SessionError> {
@@ -537,6 +629,15 @@ impl Session {
         {
             let v = self.stripes[i].pong_due.take().expect("checked");
             return Some(self.control(i, FrameType::Pong, 0, v, Vec::new()));
+        }
+        if let Some(i) = self
+            .stripes
+            .iter()
+            .position(|s| s.up && s.writable && s.ping_due)
+        {
+            self.stripes[i].ping_due = false;
+            let v = self.stripes[i].ping.map_or(0, |p| p.0);
+            return Some(self.control(i, FrameType::Ping, 0, v, Vec::new()));
         }
         if self.ack_due {
             let i = self.choose(HEADER_LEN as u64)?;
@@ -666,6 +767,10 @@ impl Stripe {
             ledger: VecDeque::new(),
             rst_sent: false,
             pong_due: None,
+            last_heard: None,
+            ping: None,
+            ping_due: false,
+            ping_rtt: None,
         }
     }
 }
@@ -683,4 +788,87 @@ fn add_range(set: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
         end = end.max(e);
     }
     set.insert(start, end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::{decode, encode_vec};
+
+    fn frame_of(t: &Transmit) -> (FrameType, u64) {
+        let mut bytes = t.header.to_vec();
+        bytes.extend_from_slice(&t.inline);
+        assert!(t.data.is_none());
+        let (f, _) = decode(&bytes, 1 << 20).unwrap().unwrap();
+        (f.header.ty, f.header.value)
+    }
+
+    #[test]
+    fn silent_stripe_is_pinged_then_declared_dead() {
+        let cfg = SessionConfig::default();
+        let (ka, timeout) = (cfg.keepalive, cfg.stripe_timeout);
+        let mut s = Session::new(cfg, 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        assert_eq!(s.handle_timeout(t0 + ka / 2), None);
+        assert!(
+            s.poll_transmit().is_none(),
+            "nothing to say before the keepalive"
+        );
+        assert_eq!(s.handle_timeout(t0 + ka), None);
+        let (ty, v0) = frame_of(&s.poll_transmit().expect("a PING"));
+        assert_eq!(ty, FrameType::Ping);
+        let (ty, _) = frame_of(&s.poll_transmit().expect("a PING on the other stripe"));
+        assert_eq!(ty, FrameType::Ping);
+        // Stripe 0 answers; stripe 1 stays silent.
+        let pong = encode_vec(FrameType::Pong, 0, v0, b"");
+        let (f, _) = decode(&pong, 1 << 20).unwrap().unwrap();
+        s.handle_frame(0, f, t0 + ka + Duration::from_millis(30))
+            .unwrap();
+        assert_eq!(s.stripe_ping_rtt(0), Some(Duration::from_millis(30)));
+        assert_eq!(s.handle_timeout(t0 + timeout), Some(1));
+        s.stripe_down(1);
+        assert_eq!(
+            s.handle_timeout(t0 + timeout),
+            None,
+            "stripe 0 was heard from"
+        );
+    }
+
+    #[test]
+    fn data_of_a_lost_stripe_is_sent_again_elsewhere() {
+        let mut s = Session::new(SessionConfig::default(), 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        assert_eq!(s.write(&[7u8; 1000]), 1000);
+        let t = s.poll_transmit().expect("data");
+        assert_eq!((t.stripe, t.data), (0, Some((0, 1000))));
+        s.stripe_down(0);
+        s.stripe_up(1, t0);
+        let t = s.poll_transmit().expect("the same range again");
+        assert_eq!((t.stripe, t.data), (1, Some((0, 1000))));
+        assert_eq!(s.stats().bytes_resent, 1000);
+        assert_eq!(s.stats().stripes_lost, 1);
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        let mut s = Session::new(SessionConfig::default(), 1);
+        s.stripe_up(0, Instant::now());
+        let now = Instant::now();
+        let ack = encode_vec(FrameType::Ack, 0, 10, b"");
+        let (f, _) = decode(&ack, 1 << 20).unwrap().unwrap();
+        assert!(matches!(
+            s.handle_frame(0, f, now),
+            Err(SessionError::AckBeyondSent { ack: 10, .. })
+        ));
+        let data = encode_vec(FrameType::Data, 0, 0, b"hello");
+        let (f, _) = decode(&data, 1 << 20).unwrap().unwrap();
+        s.handle_frame(0, f, now).unwrap();
+        let fin = encode_vec(FrameType::Fin, 0, 3, b"");
+        let (f, _) = decode(&fin, 1 << 20).unwrap().unwrap();
+        let e = s.handle_frame(0, f, now).unwrap_err();
+        assert!(e.to_string().contains("FIN at offset 3 contradicts"), "{e}");
+    }
 }
