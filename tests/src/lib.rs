@@ -1,4 +1,5 @@
 //! Test support for striper: a userspace link emulator ([`linkemu`]) that caps
 //! each TCP connection on its own, and helpers the end-to-end tests share.
 
+pub mod harness;
 pub mod linkemu;
