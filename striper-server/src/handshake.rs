@@ -22,6 +22,8 @@ use pipes::proto::handshake::{
 use pipes::proto::session::reset;
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
+const CLOSED: &str = "closed the connection during the handshake";
+
 /// Where a handshake stands when its task stops.
 pub enum Progress {
     Reading,
@@ -29,7 +31,12 @@ pub enum Progress {
     HelloReceived(ClientHello),
     /// Hello answered and proof received: the stripe may join its session.
     Complete(ClientHello),
-    Failed(String),
+    /// `class` is a fixed phrase for rate-limited logging ("failed
+    /// authentication"); `why` the details.
+    Failed {
+        class: &'static str,
+        why: String,
+    },
     Cancelled,
 }
 
@@ -50,9 +57,6 @@ pub struct Handshake {
     deadline: Option<Instant>,
     phase: Phase,
     progress: Progress,
-    /// The peer looks like a striper client (right magic), so a failure is
-    /// worth a warning rather than a debug line.
-    striper_peer: bool,
 }
 
 impl Handshake {
@@ -65,7 +69,6 @@ impl Handshake {
             deadline: None,
             phase: Phase::Hello,
             progress: Progress::Reading,
-            striper_peer: false,
         }
     }
 
@@ -75,10 +78,6 @@ impl Handshake {
 
     pub fn progress(&mut self) -> Progress {
         std::mem::replace(&mut self.progress, Progress::Reading)
-    }
-
-    pub fn is_notable_failure(&self) -> bool {
-        self.striper_peer
     }
 
     pub fn cancel(&mut self) {
@@ -129,15 +128,14 @@ impl Handshake {
         Ok(())
     }
 
-    fn fail(&mut self, why: String) -> TaskStatus {
-        self.progress = Progress::Failed(why);
+    fn fail(&mut self, class: &'static str, why: String) -> TaskStatus {
+        self.progress = Progress::Failed { class, why };
         TaskStatus::Done
     }
 
     /// The client's proof is wrong: tell it why with an RST frame (it may
     /// already be sending frames), then close.
     fn auth_failed(&mut self) -> TaskStatus {
-        self.striper_peer = true;
         let why = "authentication failed: the client's proof does not match this server's key (wrong key, or none)";
         let _ = self.tcp.write(&encode_vec(
             FrameType::Rst,
@@ -145,14 +143,19 @@ impl Handshake {
             0,
             &rst_payload(reset::AUTH, why),
         ));
-        self.fail(why.to_string())
+        self.fail("failed authentication", why.to_string())
     }
 
     fn refuse(&mut self, e: &HandshakeError) -> TaskStatus {
         // A striper client of another version, or a broken one, gets told
         // why; anything else (not even our magic) just gets closed.
-        if !matches!(e, HandshakeError::BadMagic(_)) {
-            self.striper_peer = true;
+        if matches!(e, HandshakeError::BadMagic(_)) {
+            return self.fail(
+                "sent bytes that are not a striper handshake",
+                format!("{e}"),
+            );
+        }
+        {
             let hello = ServerHello {
                 status: e.status(),
                 nonce: [0; 16],
@@ -162,7 +165,7 @@ impl Handshake {
             };
             let _ = self.tcp.write(&hello.encode());
         }
-        self.fail(format!("{e}"))
+        self.fail("sent an invalid handshake", format!("{e}"))
     }
 
     pub fn register(&mut self, registry: &Registry, span: TokenSpan) -> io::Result<()> {
@@ -188,15 +191,14 @@ impl Handshake {
             Phase::Auth { .. } => " before proving the key (a client with another key does this)",
         };
         let bytes = match self.tcp.fill_buf() {
-            Err(e) => return self.fail(format!("{e}{when}")),
-            Ok(Readable::Eof) => return self.fail(format!("closed{when}")),
+            Err(e) => return self.fail(CLOSED, format!("{e}{when}")),
+            Ok(Readable::Eof) => return self.fail(CLOSED, format!("closed{when}")),
             Ok(Readable::Pending) => &[][..],
             Ok(Readable::Bytes(b)) => b,
         };
         match &self.phase {
             Phase::Hello => match ClientHello::parse(bytes) {
                 Ok(Some(hello)) => {
-                    self.striper_peer = true;
                     self.tcp.consume(CLIENT_HELLO_LEN);
                     self.progress = Progress::HelloReceived(hello);
                     return TaskStatus::Done;
@@ -220,13 +222,19 @@ impl Handshake {
             }
         }
         if self.tcp.at_eof() {
-            return self.fail(format!("closed in the middle of the handshake{when}"));
+            return self.fail(
+                CLOSED,
+                format!("closed in the middle of the handshake{when}"),
+            );
         }
         if cx.now >= deadline {
-            return self.fail(format!(
-                "no complete handshake within {:.0} s",
-                self.timeout.as_secs_f64()
-            ));
+            return self.fail(
+                "did not complete its handshake in time",
+                format!(
+                    "no complete handshake within {:.0} s",
+                    self.timeout.as_secs_f64()
+                ),
+            );
         }
         TaskStatus::Idle
     }

@@ -5,7 +5,7 @@ mod handshake;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -160,7 +160,10 @@ struct Server {
     finished_order: VecDeque<SessionId>,
     pending: usize,
     /// Refusals already logged for an address, so a flood logs once.
-    refused_logged: HashSet<(SocketAddr, &'static str)>,
+    refused_logged: HashSet<(IpAddr, &'static str)>,
+    /// Accepting stopped at --max-pending; connections wait in the kernel's
+    /// listen queue until handshakes finish.
+    accept_paused: bool,
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
@@ -186,6 +189,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         finished_order: VecDeque::new(),
         pending: 0,
         refused_logged: HashSet::new(),
+        accept_paused: false,
     };
     let mut listener =
         bind(&listen_addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -247,6 +251,11 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         for (slot, task) in std::mem::take(&mut done) {
             server.finished_task(slot, task);
         }
+        // The listener is edge-triggered: connections left queued while
+        // paused raise no new event, so look again once slots are free.
+        if server.accept_paused && server.pending < server.max_pending && shutdown.is_none() {
+            server.accept_all(&mut listener);
+        }
         if let Some(since) = shutdown {
             if server.reactor.is_empty() {
                 info!("all sessions closed; exiting");
@@ -277,15 +286,21 @@ fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
 impl Server {
     fn accept_all(&mut self, listener: &mut TcpListener) {
         loop {
+            if self.pending >= self.max_pending {
+                // Leave the rest in the kernel's listen queue: a burst of
+                // honest clients then waits a moment instead of being cut
+                // off. Accepting resumes as handshakes finish.
+                if !self.accept_paused {
+                    warn!(
+                        "{} connections in their handshake (--max-pending): new connections wait in the listen queue",
+                        self.pending
+                    );
+                    self.accept_paused = true;
+                }
+                return;
+            }
             match listener.accept() {
                 Ok((sock, peer)) => {
-                    if self.pending >= self.max_pending {
-                        self.refuse_once(
-                            peer,
-                            "too many connections in their handshake (--max-pending)",
-                        );
-                        continue;
-                    }
                     let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
                     let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
                     match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
@@ -293,7 +308,13 @@ impl Server {
                         Err(e) => warn!("connection from {peer} dropped: cannot register it: {e}"),
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.accept_paused {
+                        info!("listen queue drained; accepting normally again");
+                        self.accept_paused = false;
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("accept failed: {e}");
@@ -303,16 +324,19 @@ impl Server {
         }
     }
 
-    /// Logs a refusal once per peer address and reason (a flood stays one line).
-    fn refuse_once(&mut self, peer: SocketAddr, why: &'static str) {
-        let key = (SocketAddr::new(peer.ip(), 0), why);
+    /// Logs a refusal or failure once per peer address and class, so a
+    /// flood stays one warning; repeats go to the debug level.
+    fn refuse_once(&mut self, peer: SocketAddr, class: &'static str, why: &str) {
         if self.refused_logged.len() > 10_000 {
             self.refused_logged.clear();
         }
-        if self.refused_logged.insert(key) {
-            warn!("refusing connections from {}: {why}", peer.ip());
+        if self.refused_logged.insert((peer.ip(), class)) {
+            warn!(
+                "connection from {peer} {class}: {why} (more like it from {} are logged at debug level)",
+                peer.ip()
+            );
         } else {
-            debug!("refused {peer}: {why}");
+            debug!("connection from {peer} {class}: {why}");
         }
     }
 
@@ -347,18 +371,7 @@ impl Server {
     /// A handshake stopped: it failed, has a hello to judge, or is complete.
     fn handshake_step(&mut self, mut h: Handshake) {
         match h.progress() {
-            Progress::Failed(why) => {
-                debug!(
-                    "connection from {} closed during the handshake: {why}",
-                    h.peer()
-                );
-                if h.is_notable_failure() {
-                    warn!(
-                        "connection from {} closed during the handshake: {why}",
-                        h.peer()
-                    );
-                }
-            }
+            Progress::Failed { class, why } => self.refuse_once(h.peer(), class, &why),
             Progress::HelloReceived(hello) => {
                 let status = self.judge(&hello);
                 if let Err(e) = h.answer(
@@ -371,12 +384,12 @@ impl Server {
                     return;
                 }
                 if status != Status::Ok {
-                    warn!(
-                        "refused stripe {} of session {} from {}: {status}",
+                    let why = format!(
+                        "stripe {} of session {}: {status}",
                         hello.index,
-                        short_id(&hello.session),
-                        h.peer()
+                        short_id(&hello.session)
                     );
+                    self.refuse_once(h.peer(), "was refused a stripe", &why);
                     return;
                 }
                 match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
