@@ -49,6 +49,19 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Echo every byte back on each connection (for `ping`).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// 1-byte ping-pong: send a byte, wait for it to come back, COUNT times;
+    /// print `pings=N median_us=.. p99_us=.. max_us=..`.
+    Ping {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -97,6 +110,8 @@ fn main() -> ExitCode {
             seed,
             timeout,
         } => send(&connect, bytes, seed, Duration::from_secs(timeout)),
+        Cmd::Echo { listen } => echo(&listen),
+        Cmd::Ping { connect, count } => ping(&connect, count),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,5 +188,66 @@ fn send(addr: &str, bytes: u64, seed: u64, timeout: Duration) -> io::Result<()> 
     let mut sink = [0u8; 4096];
     while c.read(&mut sink)? > 0 {}
     report("sent", bytes, crc.finalize(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn echo(listen: &str) -> io::Result<()> {
+    let l = TcpListener::bind(listen)?;
+    println!("listening on {}", l.local_addr()?);
+    io::stdout().flush()?;
+    for conn in l.incoming() {
+        let mut c = conn?;
+        c.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if c.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn ping(addr: &str, count: usize) -> io::Result<()> {
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut rtts = Vec::with_capacity(count);
+    let mut b = [0u8; 1];
+    // A few rounds to warm up (connects, buffers) before measuring.
+    for i in 0..count + 20 {
+        let t = Instant::now();
+        c.write_all(&[i as u8])?;
+        c.read_exact(&mut b)?;
+        if b[0] != i as u8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "echo returned a different byte",
+            ));
+        }
+        if i >= 20 {
+            rtts.push(t.elapsed().as_micros() as u64);
+        }
+    }
+    rtts.sort_unstable();
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "pings={} median_us={} p99_us={} max_us={}",
+        rtts.len(),
+        pct(0.5),
+        pct(0.99),
+        rtts[rtts.len() - 1]
+    );
     Ok(())
 }
