@@ -120,7 +120,8 @@ struct Redial {
 
 enum Role {
     Client {
-        server: SocketAddr,
+        /// The server's addresses (a name may resolve to several).
+        servers: Vec<SocketAddr>,
         server_name: String,
     },
     Server,
@@ -152,14 +153,14 @@ impl StripedPipe {
     /// A client session: starts connecting `count` stripes to `server`.
     pub fn client(
         cfg: StripedConfig,
-        server: SocketAddr,
+        servers: &[SocketAddr],
         server_name: &str,
         count: u8,
         id: SessionId,
     ) -> Result<StripedPipe, PipeError> {
         let mut pipe = StripedPipe::new(
             Role::Client {
-                server,
+                servers: servers.to_vec(),
                 server_name: server_name.to_string(),
             },
             cfg,
@@ -218,7 +219,7 @@ impl StripedPipe {
     /// The server address a client session connects its stripes to.
     pub fn server_addr(&self) -> Option<SocketAddr> {
         match &self.role {
-            Role::Client { server, .. } => Some(*server),
+            Role::Client { servers, .. } => servers.first().copied(),
             Role::Server => None,
         }
     }
@@ -317,14 +318,14 @@ impl StripedPipe {
     /// Client: a new connection for stripe `i`.
     fn connect_stripe(&self, join: bool) -> Result<Stripe, PipeError> {
         let Role::Client {
-            server,
+            servers,
             server_name,
         } = &self.role
         else {
             unreachable!("only clients dial");
         };
         let tcp = TcpPipe::connect(
-            *server,
+            servers,
             format!("server {server_name}"),
             self.cfg.connect_timeout,
         )?;
@@ -427,14 +428,19 @@ impl StripedPipe {
     }
 
     /// Connect completion and the client side of the handshake.
-    fn advance_handshake(&mut self, i: usize, now: Instant) -> Result<(), PipeError> {
+    fn advance_handshake(
+        &mut self,
+        i: usize,
+        registry: &Registry,
+        now: Instant,
+    ) -> Result<(), PipeError> {
         let Some(s) = self.stripes[i].as_mut() else {
             return Ok(());
         };
         let since = *s.since.get_or_insert(now);
         match s.state {
             StripeState::Connecting => {
-                s.framed.inner_mut().poll_connect(now)?;
+                s.framed.inner_mut().poll_connect(registry, now)?;
                 if !s.framed.inner().is_connected() {
                     return Ok(());
                 }
@@ -882,7 +888,7 @@ impl Pipe for StripedPipe {
         );
         self.start_redials(cx.registry, now);
         for i in 0..self.stripes.len() {
-            if let Err(e) = self.advance_handshake(i, now) {
+            if let Err(e) = self.advance_handshake(i, cx.registry, now) {
                 self.lose_stripe(i, e, now);
                 continue;
             }

@@ -28,6 +28,8 @@ pub struct TcpPipe {
     token: Option<Token>,
     state: State,
     connect_timeout: Duration,
+    /// Addresses still to try if the current connect fails.
+    fallback: Vec<SocketAddr>,
     readable: bool,
     writable: bool,
     rbuf: ReadBuf,
@@ -45,17 +47,30 @@ impl TcpPipe {
         TcpPipe::new(sock, name, State::Open)
     }
 
-    /// Starts a non-blocking connect; the pipe reads as `Pending` until it
-    /// completes and fails with a message naming `name` if it does not.
+    /// Starts a non-blocking connect to the first of `addrs` (a name may
+    /// resolve to several, e.g. 127.0.0.1 and ::1); when one fails the next
+    /// is tried. The pipe reads as `Pending` until a connect completes, and
+    /// fails with a message naming `name` if none does.
     pub fn connect(
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         name: String,
         timeout: Duration,
     ) -> Result<TcpPipe, PipeError> {
-        let sock = TcpStream::connect(addr).map_err(|e| PipeError::io(&name, &e))?;
-        let mut p = TcpPipe::new(sock, name, State::Connecting { since: None });
-        p.connect_timeout = timeout;
-        Ok(p)
+        let mut last = None;
+        for (k, &addr) in addrs.iter().enumerate() {
+            match TcpStream::connect(addr) {
+                Ok(sock) => {
+                    let mut p = TcpPipe::new(sock, name, State::Connecting { since: None });
+                    p.connect_timeout = timeout;
+                    p.fallback = addrs[k + 1..].to_vec();
+                    return Ok(p);
+                }
+                Err(e) => last = Some(PipeError::io(&name, &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            PipeError::new(ErrorKind::Connect, format!("{name} has no address"))
+        }))
     }
 
     fn new(sock: TcpStream, name: String, state: State) -> TcpPipe {
@@ -65,6 +80,7 @@ impl TcpPipe {
             token: None,
             state,
             connect_timeout: Duration::from_secs(10),
+            fallback: Vec::new(),
             // Edge-triggered: assume ready until the socket says otherwise.
             readable: true,
             writable: true,
@@ -121,8 +137,39 @@ impl TcpPipe {
     }
 
     /// Checks a pending connect: on the writable event, or when the timeout
-    /// has passed. Returns an error once the connect has failed.
-    pub fn poll_connect(&mut self, now: Instant) -> Result<(), PipeError> {
+    /// has passed. A failed connect moves on to the next address; the error
+    /// comes once there is none left.
+    pub fn poll_connect(&mut self, registry: &Registry, now: Instant) -> Result<(), PipeError> {
+        match self.check_connect(now) {
+            Err(e) if !self.fallback.is_empty() && self.error.as_ref() == Some(&e) => {
+                log::debug!("{}: {e}; trying its next address", self.name);
+                self.error = None;
+                if self.token.is_some() {
+                    let _ = registry.deregister(&mut self.sock);
+                }
+                while !self.fallback.is_empty() {
+                    let addr = self.fallback.remove(0);
+                    let Ok(mut sock) = TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    if let Some(t) = self.token {
+                        registry
+                            .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)
+                            .map_err(|e| self.io_err(e))?;
+                    }
+                    self.sock = sock;
+                    self.state = State::Connecting { since: Some(now) };
+                    return Ok(());
+                }
+                self.error = Some(e.clone());
+                self.state = State::Closed;
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    fn check_connect(&mut self, now: Instant) -> Result<(), PipeError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -311,7 +358,7 @@ impl Pipe for TcpPipe {
     }
 
     fn drive(&mut self, cx: &mut Ctx<'_>) -> Result<bool, PipeError> {
-        self.poll_connect(cx.now)?;
+        self.poll_connect(cx.registry, cx.now)?;
         Ok(false)
     }
 
@@ -403,5 +450,68 @@ impl TcpPipe {
     /// Whether the buffer holds bytes or the socket may have more.
     pub fn may_read(&self) -> bool {
         !self.rbuf.is_empty() || (self.readable && !self.read_eof && self.state == State::Open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn connect_moves_on_to_the_next_address() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(8);
+        let mut p = TcpPipe::connect(
+            &[refused, open.local_addr().unwrap()],
+            "target t".into(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        p.register_token(poll.registry(), Token(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.is_connected() {
+            assert!(
+                Instant::now() < deadline,
+                "no connection to the second address"
+            );
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            p.poll_connect(poll.registry(), Instant::now()).unwrap();
+        }
+        let (_, from) = open.accept().unwrap();
+        assert_eq!(from, p.socket().local_addr().unwrap());
+    }
+
+    #[test]
+    fn connect_fails_with_the_cause_when_no_address_works() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(8);
+        let mut p = TcpPipe::connect(
+            &[refused, refused],
+            "target t".into(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        p.register_token(poll.registry(), Token(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            assert!(Instant::now() < deadline, "no error");
+            if let Err(e) = p.poll_connect(poll.registry(), Instant::now()) {
+                break e;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+        };
+        assert_eq!(err.message, "target t refused the connection");
     }
 }

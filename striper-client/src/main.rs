@@ -113,17 +113,9 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let server_name = opts.server.clone().expect("required");
     let server_addrs = resolve("server", &server_name)?;
     let server = Server {
-        addr: server_addrs[0],
+        addrs: server_addrs,
         name: server_name,
     };
-    if server_addrs.len() > 1 {
-        info!(
-            "server {} resolves to {} addresses; using {}",
-            server.name,
-            server_addrs.len(),
-            server.addr
-        );
-    }
     if opts.stdio {
         return run_stdio(cfg, &server, opts.stripes);
     }
@@ -141,7 +133,9 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     info!(
         "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
-        server.name, server.addr, opts.stripes
+        server.name,
+        join_addrs(&server.addrs),
+        opts.stripes
     );
     let mut own = Vec::new();
     let mut done = Vec::new();
@@ -241,8 +235,18 @@ fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCod
     }
 }
 
+/// "127.0.0.1:7900" or "127.0.0.1:7900, [::1]:7900" for a name with several.
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct Server {
-    addr: SocketAddr,
+    /// Every address the name resolved to; stripes try them in turn.
+    addrs: Vec<SocketAddr>,
     name: String,
 }
 
@@ -305,7 +309,7 @@ impl<P: Pipe> Tunnel<P> {
         stripes: u8,
     ) -> Result<Tunnel<P>, PipeError> {
         let id = new_session_id();
-        let striped = StripedPipe::client(cfg.clone(), server.addr, &server.name, stripes, id)?;
+        let striped = StripedPipe::client(cfg.clone(), &server.addrs, &server.name, stripes, id)?;
         info!(
             "session {} opened: {peer} -> server {} over {stripes} stripes",
             short_id(&id),

@@ -149,7 +149,8 @@ impl Task for ServerTask {
 struct Server {
     reactor: Reactor<ServerTask>,
     cfg: StripedConfig,
-    target: SocketAddr,
+    /// Every address the target resolved to; a connect tries them in turn.
+    targets: Vec<SocketAddr>,
     target_name: String,
     max_sessions: usize,
     max_stripes: u8,
@@ -178,7 +179,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let mut server = Server {
         reactor: Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?,
         cfg,
-        target: targets[0],
+        targets: targets.clone(),
         target_name: target.clone(),
         max_stripes: opts.max_stripes,
         max_sessions: opts.max_sessions.max(1),
@@ -203,7 +204,13 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     info!(
         "listening on {local}, relaying sessions to target {} ({})",
-        server.target_name, server.target
+        server.target_name,
+        server
+            .targets
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if server.cfg.key.is_none() {
         warn!(
@@ -458,7 +465,7 @@ impl Server {
     fn open_session(&mut self, hello: &ClientHello, client: SocketAddr) -> Option<usize> {
         let striped = StripedPipe::server(self.cfg.clone(), hello.session, hello.count, hello);
         let name = format!("target {}", self.target_name);
-        let target = match TcpPipe::connect(self.target, name, self.cfg.connect_timeout) {
+        let target = match TcpPipe::connect(&self.targets, name, self.cfg.connect_timeout) {
             Ok(t) => t,
             Err(e) => {
                 // The bridge reports a failed connect through the session;
