@@ -146,6 +146,7 @@ pub struct StripedPipe {
     orphaned_since: Option<Instant>,
     closing_since: Option<Instant>,
     last_activity: Option<Instant>,
+    last_stats: Option<Instant>,
     label: String,
 }
 
@@ -208,6 +209,7 @@ impl StripedPipe {
             orphaned_since: None,
             closing_since: None,
             last_activity: None,
+            last_stats: None,
             label: format!("session {}", short_id(&id)),
         }
     }
@@ -815,6 +817,31 @@ impl StripedPipe {
         }
     }
 
+    /// Once a second at debug level: where the session's bytes are.
+    fn log_stats(&mut self, now: Instant) {
+        if !log::log_enabled!(log::Level::Debug)
+            || self
+                .last_stats
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_stats = Some(now);
+        let s = &self.session;
+        debug!(
+            "{}: in {} KiB / out {} KiB; unacked {} KiB (unsent {} KiB), reassembly {} KiB",
+            self.label,
+            s.stats().bytes_in >> 10,
+            s.stats().bytes_out >> 10,
+            s.send_backlog() >> 10,
+            s.unsent() >> 10,
+            s.recv_backlog() >> 10,
+        );
+        for i in 0..self.stripes.len() {
+            debug!("{}:   stripe {i}: {}", self.label, s.describe_stripe(i));
+        }
+    }
+
     fn release_if_idle(&mut self, now: Instant) {
         let last = *self.last_activity.get_or_insert(now);
         if now.duration_since(last) >= self.cfg.idle_release {
@@ -910,6 +937,7 @@ impl Pipe for StripedPipe {
             self.last_activity = Some(now);
         }
         self.release_if_idle(now);
+        self.log_stats(now);
         Ok(again)
     }
 

@@ -12,7 +12,7 @@ use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 use crate::buf::ReadBuf;
 
 /// Default cap of a TCP pipe's read buffer.
-pub const READ_BUF_MAX: usize = 256 * 1024;
+pub const READ_BUF_MAX: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

@@ -59,7 +59,7 @@ impl Default for SessionConfig {
             window: 8 << 20,
             max_payload: 256 << 10,
             frame_size: 32 << 10,
-            unsent_limit: 256 << 10,
+            unsent_limit: 64 << 10,
             max_pieces: 16_384,
             rate_interval: Duration::from_millis(100),
             keepalive: Duration::from_secs(1),
@@ -350,6 +350,34 @@ impl Session {
     /// ours, not yet delivered to the peer's.
     pub fn send_backlog(&self) -> u64 {
         self.send_end() - self.acked
+    }
+
+    /// Application bytes taken in but not yet handed to any stripe.
+    pub fn unsent(&self) -> u64 {
+        self.send_end() - self.next_new
+    }
+
+    /// One line per stripe for debug logs: state, drain rate, queue, RTT.
+    pub fn describe_stripe(&self, i: usize) -> String {
+        let Some(s) = self.stripes.get(i) else {
+            return "none".into();
+        };
+        if !s.up {
+            return "down".into();
+        }
+        format!(
+            "{}, rate {}, queued {} KiB, rtt {}",
+            if s.writable { "writable" } else { "full" },
+            s.rate.rate().map_or("unmeasured".to_string(), |r| format!(
+                "{:.1} Mbit/s",
+                r * 8.0 / 1e6
+            )),
+            (s.kernel_queued + s.queued_since) >> 10,
+            s.rtt.map_or("?".to_string(), |r| format!(
+                "{:.1} ms",
+                r.as_secs_f64() * 1e3
+            )),
+        )
     }
 
     /// Bytes received that our application has not taken.
