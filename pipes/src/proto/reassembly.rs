@@ -226,9 +226,16 @@ mod tests {
                     // A frame somewhere near the front, maybe a duplicate,
                     // maybe overlapping, maybe past the window.
                     let lo = o.delivered.saturating_sub(50);
-                    let start =
-                        rng.random_range(lo..(o.delivered + window as usize + 20).min(total));
-                    let len = rng.random_range(1..=(total - start).min(700));
+                    let hole = o.ready();
+                    let room = (o.delivered + window as usize).saturating_sub(hole);
+                    let (start, len) = if hole < total && room > 0 && rng.random_bool(0.3) {
+                        // Fill the hole at the front, so tiny windows progress too.
+                        (hole, rng.random_range(1..=room.min(total - hole).min(700)))
+                    } else {
+                        let start =
+                            rng.random_range(lo..(o.delivered + window as usize + 20).min(total));
+                        (start, rng.random_range(1..=(total - start).min(700)))
+                    };
                     let res = r.insert(start as u64, &stream[start..start + len], None);
                     let beyond = start + len > o.delivered + window as usize;
                     match res {
