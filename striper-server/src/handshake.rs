@@ -51,6 +51,9 @@ enum Phase {
 
 pub struct Handshake {
     tcp: TcpPipe,
+    /// When the connection was accepted (the oldest are evicted first when
+    /// the server is at --max-pending).
+    accepted_at: Instant,
     key: Option<Key>,
     peer: SocketAddr,
     timeout: Duration,
@@ -63,6 +66,7 @@ impl Handshake {
     pub fn new(tcp: TcpPipe, key: Option<Key>, peer: SocketAddr, timeout: Duration) -> Handshake {
         Handshake {
             tcp,
+            accepted_at: Instant::now(),
             key,
             peer,
             timeout,
@@ -74,6 +78,10 @@ impl Handshake {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    pub fn accepted_at(&self) -> Instant {
+        self.accepted_at
     }
 
     pub fn progress(&mut self) -> Progress {

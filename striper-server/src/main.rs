@@ -63,7 +63,9 @@ struct Opts {
           value_parser = clap::value_parser!(u8).range(1..=64))]
     max_stripes: u8,
 
-    /// Most connections still in their handshake at once; more are closed at accept.
+    /// Most connections in their handshake at once. Beyond it the oldest
+    /// handshake (if over 1 s old) is closed to make room; otherwise new
+    /// connections wait in the listen queue.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_pending: usize,
 
@@ -81,6 +83,8 @@ struct Opts {
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// At --max-pending, handshakes older than this may be closed for new ones.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// Finished session ids remembered, so a stripe naming one is refused.
 const FINISHED_MEMORY: usize = 65_536;
 
@@ -260,7 +264,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         }
         // The listener is edge-triggered: connections left queued while
         // paused raise no new event, so look again once slots are free.
-        if server.accept_paused && server.pending < server.max_pending && shutdown.is_none() {
+        if server.accept_paused && shutdown.is_none() {
             server.accept_all(&mut listener);
         }
         if let Some(since) = shutdown {
@@ -293,10 +297,11 @@ fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
 impl Server {
     fn accept_all(&mut self, listener: &mut TcpListener) {
         loop {
-            if self.pending >= self.max_pending {
-                // Leave the rest in the kernel's listen queue: a burst of
-                // honest clients then waits a moment instead of being cut
-                // off. Accepting resumes as handshakes finish.
+            if self.pending >= self.max_pending && !self.evict_oldest_handshake() {
+                // Every slot is young: leave the rest in the kernel's listen
+                // queue, so a burst of honest clients waits a moment instead
+                // of being cut off. Accepting resumes as handshakes finish
+                // or grow old enough to evict.
                 if !self.accept_paused {
                     warn!(
                         "{} connections in their handshake (--max-pending): new connections wait in the listen queue",
@@ -329,6 +334,42 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// At --max-pending, closes the handshake that has waited longest, if
+    /// it has waited at least [`EVICT_AFTER`]. An honest stripe sends its
+    /// hello at once and finishes within a round trip, so the oldest
+    /// handshakes are the idle or slow ones: a flood of silent connections
+    /// cannot keep honest clients out for the whole handshake timeout.
+    fn evict_oldest_handshake(&mut self) -> bool {
+        let cutoff = Instant::now() - EVICT_AFTER;
+        let oldest = self
+            .reactor
+            .iter_mut()
+            .filter_map(|(slot, t)| match t {
+                ServerTask::Handshake(h) if h.accepted_at() <= cutoff => {
+                    Some((h.accepted_at(), slot))
+                }
+                _ => None,
+            })
+            .min();
+        let Some((_, slot)) = oldest else {
+            return false;
+        };
+        let Some(ServerTask::Handshake(h)) = self.reactor.remove(slot) else {
+            return false;
+        };
+        self.pending -= 1;
+        self.refuse_once(
+            h.peer(),
+            "was closed to make room (--max-pending)",
+            &format!(
+                "its handshake was the oldest of {} in progress ({:.1} s)",
+                self.max_pending,
+                h.accepted_at().elapsed().as_secs_f64()
+            ),
+        );
+        true
     }
 
     /// Logs a refusal or failure once per peer address and class, so a

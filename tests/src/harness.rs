@@ -21,6 +21,8 @@
 //!   CRC-32 rather than SHA-256 because tests build without optimisation:
 //!   unoptimised SHA-256 runs at ~40 MB/s here, CRC-32 at ~700 MB/s, and
 //!   the byte-for-byte comparison is already stronger than any hash.
+//! * [`HeldSession`] keeps a checked echo session open (paced, and paused
+//!   at a given offset) while a test does something else to the tunnel.
 //!
 //! Every blocking socket call has a timeout ([`IO_TIMEOUT`]) and every wait
 //! a deadline, so a hung tunnel fails a test instead of stalling it.
@@ -1263,6 +1265,31 @@ pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Closed {
     }
 }
 
+/// Reads until EOF, an error, or `limit` elapsed, keeping the bytes (for
+/// a peer's short answers: a handshake, a final frame). Returns them and
+/// how the stream ended: EOF, the error (a reset), or `TimedOut`.
+pub fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Result<(), io::ErrorKind>) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, Err(io::ErrorKind::TimedOut));
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return (got, Err(io::ErrorKind::TimedOut));
+            }
+            Err(e) => return (got, Err(e.kind())),
+        }
+    }
+}
+
 /// One normal session: `len` bytes each way at once through `tunnel`
 /// (whose target must be an [`echo`] target), checked byte for byte.
 #[track_caller]
@@ -1271,6 +1298,139 @@ pub fn assert_echo_session(tunnel_addr: SocketAddr, seed: u64, len: u64) {
     let (sent, got) = exchange_on(connect(tunnel_addr), &pat, len, Some(&pat));
     let sent = sent.expect("send through the tunnel");
     got.assert_intact("echo session", sent, &pat, len);
+}
+
+/// A session kept alive on purpose while a test does something else to the
+/// tunnel: `len` bytes of a pattern sent on a connection whose far end
+/// echoes (an [`echo`] target), optionally at most `rate` bytes/s, and
+/// paused after `hold_at` bytes until [`HeldSession::release`]; a reader
+/// checks every byte that comes back.
+pub struct HeldSession {
+    pattern: Pattern,
+    len: u64,
+    gate: Arc<Gate>,
+    sent: Arc<AtomicU64>,
+    echoed: Arc<AtomicU64>,
+    writer: Pending<io::Result<Digest>>,
+    reader: Pending<Received>,
+}
+
+/// How long a [`HeldSession`] writer waits for its release.
+const HOLD_LIMIT: Duration = Duration::from_secs(120);
+
+impl HeldSession {
+    pub fn start(
+        stream: TcpStream,
+        pattern: Pattern,
+        len: u64,
+        hold_at: u64,
+        rate: Option<u64>,
+    ) -> HeldSession {
+        let gate = Arc::new(Gate::default());
+        let (sent, echoed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut w = Held {
+            inner: stream.try_clone().expect("clone socket"),
+            gate: gate.clone(),
+            hold_at,
+            rate,
+            written: 0,
+            started: Instant::now(),
+        };
+        let (pat, progress) = (pattern.clone(), sent.clone());
+        let writer = background("held-writer", move || {
+            let r = send(&mut w, &pat, len, Some(&progress));
+            let _ = w.inner.shutdown(Shutdown::Write);
+            r
+        });
+        let (pat, progress) = (pattern.clone(), echoed.clone());
+        let mut r = stream;
+        let reader = background("held-reader", move || {
+            receive_counting(&mut r, Some(&pat), Some(&progress))
+        });
+        HeldSession {
+            pattern,
+            len,
+            gate,
+            sent,
+            echoed,
+            writer,
+            reader,
+        }
+    }
+
+    /// Bytes the writer has handed to the socket so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes echoed back so far (checked as they arrived).
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` bytes have come back.
+    pub fn wait_echoed(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.echoed() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Lets the writer go on past `hold_at`.
+    pub fn release(&self) {
+        self.gate.open();
+    }
+
+    /// Releases the writer and waits for both directions to end; fails
+    /// the test unless all `len` bytes went out and came back intact.
+    #[track_caller]
+    pub fn finish(self, what: &str, timeout: Duration) -> Received {
+        self.release();
+        let sent = self.writer.wait(timeout);
+        let got = self.reader.wait(timeout);
+        let sent = sent.unwrap_or_else(|e| panic!("{what}: sending failed: {e}"));
+        got.assert_intact(what, sent, &self.pattern, self.len);
+        got
+    }
+}
+
+/// The writing side of a [`HeldSession`]: paced, and paused at `hold_at`.
+struct Held {
+    inner: TcpStream,
+    gate: Arc<Gate>,
+    hold_at: u64,
+    rate: Option<u64>,
+    written: u64,
+    started: Instant,
+}
+
+impl Write for Held {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut n = buf.len().min(64 * 1024);
+        if self.written < self.hold_at {
+            n = n.min((self.hold_at - self.written) as usize);
+        } else if !self.gate.wait(HOLD_LIMIT) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "held session never released",
+            ));
+        }
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(self.written as f64 / rate as f64);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let n = self.inner.write(&buf[..n])?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
