@@ -686,9 +686,13 @@ impl StripedPipe {
             };
             if !s.framed.is_idle() && s.framed.inner().is_writable() {
                 let session = &self.session;
-                if let Err(e) = s.framed.flush(|o, l| session.send_slices(o, l)) {
-                    self.lose_stripe(i, e, now);
-                    continue;
+                match s.framed.flush(|o, l| session.send_slices(o, l)) {
+                    Ok(true) => self.session.frame_written(i),
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.lose_stripe(i, e, now);
+                        continue;
+                    }
                 }
             }
             let Some(s) = self.stripes[i].as_ref() else {
@@ -709,7 +713,7 @@ impl StripedPipe {
             };
             let session = &self.session;
             match s.framed.send(t, |o, l| session.send_slices(o, l)) {
-                Ok(true) => {}
+                Ok(true) => self.session.frame_written(i),
                 Ok(false) => self.session.set_stripe_writable(i, false),
                 Err(e) => self.lose_stripe(i, e, now),
             }

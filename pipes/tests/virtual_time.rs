@@ -118,6 +118,7 @@ impl End {
         }
         while let Some(t) = self.session.poll_transmit() {
             let bytes = self.bytes_of(&t);
+            self.session.frame_written(t.stripe);
             let link = &mut self.tx[t.stripe];
             link.unsent.extend(bytes);
             if !link.writable() {

@@ -192,6 +192,9 @@ struct Stripe {
     rtt: Option<Duration>,
     /// Data ranges sent on this stripe and not yet known to be acknowledged.
     ledger: VecDeque<(u64, u64)>,
+    /// Offset of a DATA frame handed to this stripe and not yet reported
+    /// written: its bytes must stay in the send buffer until then.
+    pin: Option<u64>,
     rst_sent: bool,
     pong_due: Option<u64>,
     /// When a frame last arrived on this stripe.
@@ -207,8 +210,11 @@ pub struct Session {
     cfg: SessionConfig,
     // Outgoing direction.
     send: ByteRing,
-    /// Stream offset of send buffer position 0: everything below is acked.
+    /// Everything below this offset is acknowledged by the peer.
     acked: u64,
+    /// Stream offset of send buffer position 0. Equal to `acked` unless a
+    /// frame still being written holds older bytes (see `Stripe::pin`).
+    send_base: u64,
     /// First offset never handed to a stripe.
     next_new: u64,
     /// Ranges to send again (their stripe died before they were acked).
@@ -241,6 +247,7 @@ impl Session {
         Session {
             send: ByteRing::new(),
             acked: 0,
+            send_base: 0,
             next_new: 0,
             resend: BTreeMap::new(),
             peer_window: MIN_WINDOW as u64,
@@ -290,7 +297,8 @@ impl Session {
         let unsent = end - self.next_new;
         let unsent_room = (self.cfg.unsent_limit as u64).saturating_sub(unsent);
         let n = (data.len() as u64).min(window_room).min(unsent_room) as usize;
-        let n = self.send.push(&data[..n], self.peer_window as usize);
+        let held = (self.acked - self.send_base) as usize;
+        let n = self.send.push(&data[..n], self.peer_window as usize + held);
         self.stats.bytes_out += n as u64;
         n
     }
@@ -429,6 +437,7 @@ impl Session {
                 .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
         }
         self.stripes[i] = Stripe::new(self.cfg.rate_interval);
+        self.release_acked();
         self.stripes[i].up = true;
         self.stripes[i].writable = true;
         self.stripes[i].last_heard = Some(now);
@@ -444,6 +453,11 @@ impl Session {
         let Some(s) = self.stripes.get_mut(i) else {
             return;
         };
+        // Its socket is gone: nothing of a half-written frame will follow.
+        if s.pin.take().is_some() {
+            self.release_acked();
+        }
+        let s = &mut self.stripes[i];
         if !s.up {
             return;
         }
@@ -459,6 +473,11 @@ impl Session {
         }
         if self.fin_sent_on == Some(i) && !self.fin_acked {
             self.fin_sent_on = None;
+        }
+        // Our latest ACK may have been lost with the stripe: send it again,
+        // or a peer waiting for its window to open would wait for good.
+        if self.recv.delivered() > 0 || self.fin_in.is_some() {
+            self.ack_due = true;
         }
     }
 
@@ -599,8 +618,8 @@ impl Session {
             self.fin_acked = true;
         }
         if ack > self.acked {
-            self.send.advance((ack - self.acked) as usize);
             self.acked = ack;
+            self.release_acked();
             for s in &mut self.stripes {
                 while let Some(&(_, end)) = s.ledger.front() {
                     if end > ack {
@@ -621,7 +640,33 @@ impl Session {
     }
 
     fn send_end(&self) -> u64 {
-        self.acked + self.send.extent() as u64
+        self.send_base + self.send.extent() as u64
+    }
+
+    /// Frees acknowledged bytes, except those a frame still being written
+    /// needs: its stripe's socket has taken part of it and the rest must
+    /// follow byte for byte, even if the peer already has them from a copy
+    /// sent on another stripe.
+    fn release_acked(&mut self) {
+        let keep = self
+            .stripes
+            .iter()
+            .filter_map(|s| s.pin)
+            .fold(self.acked, u64::min);
+        if keep > self.send_base {
+            self.send.advance((keep - self.send_base) as usize);
+            self.send_base = keep;
+        }
+    }
+
+    /// Stripe `i` has written all of the last frame it was given; its
+    /// payload may be freed once acknowledged.
+    pub fn frame_written(&mut self, i: usize) {
+        if let Some(s) = self.stripes.get_mut(i)
+            && s.pin.take().is_some()
+        {
+            self.release_acked();
+        }
     }
 
     /// One past the highest offset ever handed to a stripe.
@@ -629,13 +674,14 @@ impl Session {
         self.next_new
     }
 
-    /// The payload bytes of a DATA transmit.
+    /// The payload bytes of a DATA transmit; valid until the stripe's
+    /// [`Session::frame_written`].
     pub fn send_slices(&self, offset: u64, len: usize) -> (&[u8], &[u8]) {
-        debug_assert!(
-            offset >= self.acked,
-            "payload of a transmit was acked before it was written"
+        assert!(
+            offset >= self.send_base,
+            "payload of a transmit was freed before it was written"
         );
-        self.send.slices((offset - self.acked) as usize, len)
+        self.send.slices((offset - self.send_base) as usize, len)
     }
 
     /// The next frame to write, or `None` until something changes (a stripe
@@ -731,6 +777,9 @@ impl Session {
             .encode(&[a, b])
         };
         let s = &mut self.stripes[i];
+        // The IO layer gives a stripe a new frame only once the previous one
+        // is out, so its pin moves to this frame.
+        s.pin = Some(offset);
         match s.ledger.back_mut() {
             Some(last) if last.1 == offset => last.1 += len,
             _ => s.ledger.push_back((offset, offset + len)),
@@ -793,6 +842,7 @@ impl Stripe {
             rate: RateEstimator::new(rate_interval),
             rtt: None,
             ledger: VecDeque::new(),
+            pin: None,
             rst_sent: false,
             pong_due: None,
             last_heard: None,
@@ -878,6 +928,57 @@ mod tests {
         assert_eq!((t.stripe, t.data), (1, Some((0, 1000))));
         assert_eq!(s.stats().bytes_resent, 1000);
         assert_eq!(s.stats().stripes_lost, 1);
+    }
+
+    #[test]
+    fn an_ack_lost_with_its_stripe_is_sent_again() {
+        // Found with the session fuzz harness: the ACK went out on a
+        // stripe that then died, and nothing sent it again until a stripe
+        // (re)joined, so a peer whose window was full stalled.
+        let mut s = Session::new(SessionConfig::default(), 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        let data = encode_vec(FrameType::Data, 0, 0, &[5u8; 100]);
+        let (f, _) = decode(&data, 1 << 20).unwrap().unwrap();
+        s.handle_frame(0, f, t0).unwrap();
+        s.consume(100);
+        let t = s.poll_transmit().expect("an ACK");
+        assert_eq!(frame_of(&t), (FrameType::Ack, 100));
+        assert!(s.poll_transmit().is_none());
+        s.stripe_down(t.stripe);
+        let again = s.poll_transmit().expect("the ACK again");
+        assert_eq!(frame_of(&again), (FrameType::Ack, 100));
+        assert_ne!(again.stripe, t.stripe);
+    }
+
+    #[test]
+    fn a_frame_being_written_keeps_its_bytes_when_acked_elsewhere() {
+        // A range re-sent after a stripe loss can be acknowledged (the peer
+        // had the first copy) while the copy is still half-written on a
+        // stripe: its bytes must stay until the stripe has written them all.
+        let mut s = Session::new(SessionConfig::default(), 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        assert_eq!(s.write(&[9u8; 1000]), 1000);
+        let first = s.poll_transmit().expect("data");
+        s.frame_written(first.stripe);
+        s.stripe_down(first.stripe);
+        let again = s.poll_transmit().expect("the same range again");
+        assert_eq!(again.data, Some((0, 1000)));
+        // Only part of it is written when the ACK for the first copy lands.
+        let ack = encode_vec(FrameType::Ack, 0, 1000, b"");
+        let (f, _) = decode(&ack, 1 << 20).unwrap().unwrap();
+        s.handle_frame(again.stripe, f, t0).unwrap();
+        let (a, b) = s.send_slices(0, 1000);
+        assert_eq!(a.len() + b.len(), 1000);
+        assert!(a.iter().chain(b).all(|&x| x == 9));
+        assert_eq!(s.send_backlog(), 0, "acknowledged all the same");
+        s.frame_written(again.stripe);
+        assert!(s.buffer_capacity() > 0);
+        s.release_idle_buffers();
+        assert_eq!(s.buffer_capacity(), 0, "freed once written");
     }
 
     #[test]
