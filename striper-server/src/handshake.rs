@@ -196,7 +196,9 @@ impl Handshake {
         // A client that finds our proof wrong (another key) hangs up here.
         let when = match self.phase {
             Phase::Hello => "",
-            Phase::Auth { .. } => " before proving the key (a client with another key does this)",
+            Phase::Auth { .. } => {
+                " before proving the key (a client with another key does this, or one that gave up waiting for our answer)"
+            }
         };
         let bytes = match self.tcp.fill_buf() {
             Err(e) => return self.fail(CLOSED, format!("{e}{when}")),
