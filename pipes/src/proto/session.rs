@@ -68,6 +68,11 @@ impl Default for SessionConfig {
     }
 }
 
+/// The shortest ACK stall that counts as a stripe holding the line.
+const STALL_MIN: Duration = Duration::from_millis(200);
+/// The most bytes sent again around one stall.
+pub const STALL_RESEND_MAX: u64 = 1 << 20;
+
 /// Abort reasons carried in RST frames.
 pub mod reset {
     pub const PROTOCOL: u16 = 1;
@@ -234,6 +239,12 @@ pub struct Session {
     stripes: Vec<Stripe>,
     rst_out: Option<(u16, String)>,
     ping_seq: u64,
+    /// When the peer's ACK last moved (or there was nothing to acknowledge).
+    ack_progress_at: Option<Instant>,
+    /// A stall was bypassed up to here; no other until the ACK passes it.
+    stall_bypassed_until: u64,
+    /// The stripe a stall was bypassed around.
+    suspect: Option<usize>,
     views: Vec<StripeView>,
     stats: SessionStats,
 }
@@ -263,6 +274,9 @@ impl Session {
             stripes,
             rst_out: None,
             ping_seq: 0,
+            ack_progress_at: None,
+            stall_bypassed_until: 0,
+            suspect: None,
             views: Vec::new(),
             stats: SessionStats::default(),
             cfg,
@@ -453,6 +467,9 @@ impl Session {
         let Some(s) = self.stripes.get_mut(i) else {
             return;
         };
+        if self.suspect == Some(i) {
+            self.suspect = None;
+        }
         // Its socket is gone: nothing of a half-written frame will follow.
         if s.pin.take().is_some() {
             self.release_acked();
@@ -530,7 +547,13 @@ impl Session {
                     .insert(h.value, frame.payload, self.fin_in)
                     .map_err(|err| SessionError::Data { stripe: i, err })?;
             }
-            FrameType::Ack => self.handle_ack(i, h.value, h.flags & ACK_FIN != 0)?,
+            FrameType::Ack => {
+                let before = self.acked;
+                self.handle_ack(i, h.value, h.flags & ACK_FIN != 0)?;
+                if self.acked > before {
+                    self.ack_progress_at = Some(now);
+                }
+            }
             FrameType::Fin => {
                 let seen = self.recv.delivered() + self.recv.buffered();
                 if self.fin_in.is_some_and(|f| f != h.value) || h.value < seen {
@@ -569,8 +592,10 @@ impl Session {
 
     /// Keepalive: PINGs stripes that have been silent, and returns a stripe
     /// that has been silent past the timeout (the caller closes it and calls
-    /// [`Session::stripe_down`]).
+    /// [`Session::stripe_down`]). Also sends the head of the line around a
+    /// stalled stripe (see [`Session::bypass_stall`]).
     pub fn handle_timeout(&mut self, now: Instant) -> Option<usize> {
+        self.bypass_stall(now);
         let (keepalive, timeout) = (self.cfg.keepalive, self.cfg.stripe_timeout);
         for (i, s) in self.stripes.iter_mut().enumerate() {
             let Some(heard) = s.last_heard.filter(|_| s.up) else {
@@ -590,6 +615,75 @@ impl Session {
             }
         }
         None
+    }
+
+    /// When the peer's acknowledgements stop while the oldest unacknowledged
+    /// bytes sit on one stripe (its cap just dropped, it went silent), the
+    /// receiver is waiting for that stripe and holds everything behind it.
+    /// Rather than wait for it to drain, or for the stripe timeout, send
+    /// what that stripe still carries again on the others, once; the
+    /// receiver keeps whichever copy comes first. Costs at most
+    /// [`STALL_RESEND_MAX`] bytes per stall (a stall is also what a peer
+    /// application that stopped reading looks like).
+    fn bypass_stall(&mut self, now: Instant) {
+        if self.send_backlog() == 0 || self.ack_progress_at.is_none() {
+            self.ack_progress_at = Some(now);
+            return;
+        }
+        if self.acked < self.stall_bypassed_until || self.stripes_up() < 2 {
+            return;
+        }
+        let acked = self.acked;
+        let Some(i) = self
+            .stripes
+            .iter()
+            .position(|s| s.up && s.ledger.iter().any(|&(a, b)| a <= acked && acked < b))
+        else {
+            return;
+        };
+        // Two signs that stripe `i` holds the line: no ACK for a while, or
+        // its queue will take far longer to drain than anyone else's (its
+        // rate just collapsed under a full queue).
+        let since = self.ack_progress_at.expect("set above");
+        let rtt = self
+            .stripes
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| s.rtt)
+            .min()
+            .unwrap_or(Duration::from_millis(10));
+        let ack_stalled = now.saturating_duration_since(since) >= STALL_MIN.max(rtt * 4);
+        let drain = |s: &Stripe| match s.rate.rate() {
+            Some(r) if r > 0.0 => (s.kernel_queued + s.queued_since) as f64 / r,
+            _ => 0.0,
+        };
+        let hol_drain = drain(&self.stripes[i]);
+        let others = self
+            .stripes
+            .iter()
+            .enumerate()
+            .filter(|&(k, s)| k != i && s.up)
+            .map(|(_, s)| drain(s))
+            .fold(0.0, f64::max);
+        let hol_slow = hol_drain >= STALL_MIN.as_secs_f64() && hol_drain >= 4.0 * others;
+        if !ack_stalled && !hol_slow {
+            return;
+        }
+        let mut budget = STALL_RESEND_MAX;
+        let mut until = acked;
+        let ranges: Vec<(u64, u64)> = self.stripes[i].ledger.iter().copied().collect();
+        for (a, b) in ranges {
+            let a = a.max(acked);
+            if a >= b || budget == 0 {
+                continue;
+            }
+            let b = b.min(a + budget);
+            add_range(&mut self.resend, a, b);
+            budget -= b - a;
+            until = until.max(b);
+        }
+        self.stall_bypassed_until = until;
+        self.suspect = Some(i);
     }
 
     /// Round trip measured by stripe `i`'s last PING.
@@ -619,6 +713,9 @@ impl Session {
         }
         if ack > self.acked {
             self.acked = ack;
+            if ack >= self.stall_bypassed_until {
+                self.suspect = None;
+            }
             self.release_acked();
             for s in &mut self.stripes {
                 while let Some(&(_, end)) = s.ledger.front() {
@@ -756,7 +853,9 @@ impl Session {
         } else {
             return None;
         };
-        let i = self.choose(HEADER_LEN as u64 + len)?;
+        // Bytes sent around a stalled stripe must not go back onto it.
+        let avoid = if resend { self.suspect } else { None };
+        let i = self.choose_avoiding(HEADER_LEN as u64 + len, avoid)?;
         if resend {
             let end = self.resend.remove(&offset).expect("first key");
             if offset + len < end {
@@ -818,14 +917,21 @@ impl Session {
     }
 
     fn choose(&mut self, len: u64) -> Option<usize> {
+        self.choose_avoiding(len, None)
+    }
+
+    fn choose_avoiding(&mut self, len: u64, avoid: Option<usize>) -> Option<usize> {
+        // Never avoid the last stripe standing.
+        let avoid = avoid.filter(|_| self.stripes_up() > 1);
         self.views.clear();
-        self.views.extend(self.stripes.iter().map(|s| StripeView {
-            up: s.up,
-            writable: s.writable,
-            queued: s.kernel_queued + s.queued_since,
-            rate: s.rate.rate(),
-            rtt: s.rtt,
-        }));
+        self.views
+            .extend(self.stripes.iter().enumerate().map(|(k, s)| StripeView {
+                up: s.up && Some(k) != avoid,
+                writable: s.writable,
+                queued: s.kernel_queued + s.queued_since,
+                rate: s.rate.rate(),
+                rtt: s.rtt,
+            }));
         let backlog =
             self.send_end() - self.next_new + self.resend.iter().map(|(s, e)| e - s).sum::<u64>();
         scheduler::choose(&self.views, len, backlog.max(len))
@@ -979,6 +1085,40 @@ mod tests {
         assert!(s.buffer_capacity() > 0);
         s.release_idle_buffers();
         assert_eq!(s.buffer_capacity(), 0, "freed once written");
+    }
+
+    #[test]
+    fn a_stalled_stripe_is_bypassed_once() {
+        let mut s = Session::new(SessionConfig::default(), 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        assert_eq!(s.write(&[1u8; 64 * 1024]), 64 * 1024);
+        let mut on = [Vec::new(), Vec::new()];
+        while let Some(t) = s.poll_transmit() {
+            s.frame_written(t.stripe);
+            on[t.stripe].push(t.data.expect("data"));
+        }
+        assert!(
+            !on[0].is_empty() && !on[1].is_empty(),
+            "both stripes carry data"
+        );
+        // The peer acknowledges nothing; nothing happens before the stall
+        // has lasted, then what stripe 0 carried goes out on stripe 1.
+        s.handle_timeout(t0);
+        s.handle_timeout(t0 + Duration::from_millis(100));
+        assert!(s.poll_transmit().is_none());
+        s.handle_timeout(t0 + Duration::from_millis(300));
+        let mut again = Vec::new();
+        while let Some(t) = s.poll_transmit() {
+            assert_eq!(t.stripe, 1, "never back onto the stalled stripe");
+            s.frame_written(t.stripe);
+            again.push(t.data.expect("data"));
+        }
+        assert_eq!(again, on[0]);
+        // Once only, until the ACK passes what was sent around.
+        s.handle_timeout(t0 + Duration::from_millis(900));
+        assert!(s.poll_transmit().is_none());
     }
 
     #[test]
