@@ -138,15 +138,16 @@ pub enum Command {
 }
 
 impl Command {
-    /// Runs the subcommand; the message is for standard error on failure.
-    pub fn run(&self) -> Result<String, String> {
+    /// Runs the subcommand; the error is for the log.
+    pub fn run(&self) -> Result<std::process::ExitCode, String> {
         match self {
             Command::Genkey { file } => {
                 keyfile::generate(file)?;
-                Ok(format!(
+                eprintln!(
                     "wrote a new key to {} (mode 0600); give both ends the same file",
                     file.display()
-                ))
+                );
+                Ok(std::process::ExitCode::SUCCESS)
             }
         }
     }

@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use log::{error, info, warn};
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::short_id;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{human_bytes, init_logging, resolve};
+use striper_core::config::{bind_first, exit_with, human_bytes, init_logging, resolve};
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -83,25 +83,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     let opts = Opts::parse();
     init_logging();
-    if let Some(cmd) = &opts.command {
-        return match cmd.run() {
-            Ok(msg) => {
-                eprintln!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    match run(opts) {
-        Ok(code) => code,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::from(2)
-        }
-    }
+    exit_with(match &opts.command {
+        Some(cmd) => cmd.run(),
+        None => run(opts),
+    })
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
@@ -123,7 +108,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let addrs = resolve("listen address", &listen)?;
     let mut reactor: Reactor<Tunnel<TcpPipe>> =
         Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;
-    let mut listener = bind(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut listener = bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     reactor
         .registry()
@@ -248,17 +233,6 @@ struct Server {
     /// Every address the name resolved to; stripes try them in turn.
     addrs: Vec<SocketAddr>,
     name: String,
-}
-
-fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
-    let mut last = None;
-    for a in addrs {
-        match TcpListener::bind(*a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("at least one address"))
 }
 
 fn accept_all(

@@ -1,7 +1,9 @@
 //! Configuration helpers both binaries share: sizes, durations, addresses,
 //! logging.
 
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// Parses a byte size: `65536`, `64K`, `8M`, `1G` (binary multiples).
@@ -50,6 +52,26 @@ pub fn resolve(what: &str, s: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{what} {s:?} resolved to no address"));
     }
     Ok(addrs)
+}
+
+/// Listens on the first of `addrs` that can be bound.
+pub fn bind_first(addrs: &[SocketAddr]) -> io::Result<mio::net::TcpListener> {
+    let mut last = None;
+    for a in addrs {
+        match mio::net::TcpListener::bind(*a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+}
+
+/// The exit of a binary: an error is logged and exits with status 2.
+pub fn exit_with(result: Result<ExitCode, String>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        log::error!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 /// Logging to standard error; `RUST_LOG` overrides the `info` default.

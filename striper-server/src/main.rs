@@ -10,13 +10,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{human_bytes, init_logging, parse_secs, resolve};
+use striper_core::config::{bind_first, exit_with, human_bytes, init_logging, parse_secs, resolve};
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -91,25 +91,10 @@ const FINISHED_MEMORY: usize = 65_536;
 fn main() -> ExitCode {
     let opts = Opts::parse();
     init_logging();
-    if let Some(cmd) = &opts.command {
-        return match cmd.run() {
-            Ok(msg) => {
-                eprintln!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    match run(opts) {
-        Ok(code) => code,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::from(2)
-        }
-    }
+    exit_with(match &opts.command {
+        Some(cmd) => cmd.run(),
+        None => run(opts),
+    })
 }
 
 enum ServerTask {
@@ -197,7 +182,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         accept_paused: false,
     };
     let mut listener =
-        bind(&listen_addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        bind_first(&listen_addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     server
         .reactor
@@ -281,17 +266,6 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             }
         }
     }
-}
-
-fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
-    let mut last = None;
-    for a in addrs {
-        match TcpListener::bind(*a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("at least one address"))
 }
 
 impl Server {
