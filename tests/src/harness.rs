@@ -75,6 +75,22 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// Runs `cmd` (standard input closed) to its end, fails the test unless it
+/// succeeded, and returns its standard output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn build_binaries() -> Result<PathBuf, String> {
     raise_nofile_limit();
     let target_dir = target_dir()?;
@@ -341,16 +357,12 @@ impl Proc {
 
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_status() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        poll_until(timeout, Duration::from_millis(10), || {
+            status = self.try_status();
+            status.is_some()
+        });
+        status
     }
 
     /// Sends a signal to this process (by PID), unless it was reaped.
@@ -450,18 +462,7 @@ impl KeyFile {
     pub fn generate() -> KeyFile {
         let dir = TempDir::new("key");
         let path = dir.path().join("striper.key");
-        let out = Command::new(bin("stripe-client"))
-            .arg("genkey")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run stripe-client genkey");
-        assert!(
-            out.status.success(),
-            "stripe-client genkey failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new(bin("stripe-client")).arg("genkey").arg(&path));
         KeyFile { _dir: dir, path }
     }
 
@@ -475,41 +476,64 @@ impl KeyFile {
     }
 }
 
+/// The authentication arguments a binary is started with: a [`KeyFile`]'s
+/// (`--key-file PATH`), or any others as strings (none, another key's,
+/// `--insecure-no-auth`).
+pub trait Auth {
+    fn auth_args(&self) -> Vec<String>;
+}
+
+impl Auth for KeyFile {
+    fn auth_args(&self) -> Vec<String> {
+        self.args()
+    }
+}
+
+impl Auth for [String] {
+    fn auth_args(&self) -> Vec<String> {
+        self.to_vec()
+    }
+}
+
 /// Starts `stripe-server --listen 127.0.0.1:0 --target TARGET --key-file
-/// KEY EXTRA...`.
-pub fn start_server(key: &KeyFile, target: SocketAddr, extra: &[&str], log: &str) -> Proc {
-    start_server_on(key, "127.0.0.1:0".parse().unwrap(), target, extra, log)
+/// KEY EXTRA...` (or other authentication arguments than a key's).
+pub fn start_server(
+    auth: &(impl Auth + ?Sized),
+    target: SocketAddr,
+    extra: &[&str],
+    log: &str,
+) -> Proc {
+    start_server_on(auth, "127.0.0.1:0".parse().unwrap(), target, extra, log)
 }
 
 /// Starts `stripe-server` listening on `listen`.
 pub fn start_server_on(
-    key: &KeyFile,
+    auth: &(impl Auth + ?Sized),
     listen: SocketAddr,
     target: SocketAddr,
     extra: &[&str],
     log: &str,
 ) -> Proc {
-    let mut args = vec![
+    let role = [
         "--listen".to_string(),
         listen.to_string(),
         "--target".to_string(),
         target.to_string(),
     ];
-    args.extend(key.args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::spawn_listening("stripe-server", "stripe-server", &args, log)
+    start_listening("stripe-server", &role, auth, extra, log)
 }
 
 /// Starts `stripe-client --listen 127.0.0.1:0 --server SERVER --stripes N
-/// --key-file KEY EXTRA...`.
+/// --key-file KEY EXTRA...` (or other authentication arguments than a
+/// key's).
 pub fn start_client(
-    key: &KeyFile,
+    auth: &(impl Auth + ?Sized),
     server: SocketAddr,
     stripes: u8,
     extra: &[&str],
     log: &str,
 ) -> Proc {
-    let mut args = vec![
+    let role = [
         "--listen".to_string(),
         "127.0.0.1:0".to_string(),
         "--server".to_string(),
@@ -517,9 +541,22 @@ pub fn start_client(
         "--stripes".to_string(),
         stripes.to_string(),
     ];
-    args.extend(key.args());
+    start_listening("stripe-client", &role, auth, extra, log)
+}
+
+/// Starts `binary ROLE... AUTH... EXTRA...` with `RUST_LOG=log` and waits
+/// until it is listening.
+fn start_listening(
+    binary: &str,
+    role: &[String],
+    auth: &(impl Auth + ?Sized),
+    extra: &[&str],
+    log: &str,
+) -> Proc {
+    let mut args = role.to_vec();
+    args.extend(auth.auth_args());
     args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::spawn_listening("stripe-client", "stripe-client", &args, log)
+    Proc::spawn_listening(binary, binary, &args, log)
 }
 
 /// A stripe-server relaying to a target and a stripe-client using it.
@@ -933,6 +970,21 @@ impl Gate {
     }
 }
 
+/// Checks `done` every `every` until it holds (true) or `timeout` ends
+/// (false).
+pub fn poll_until(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(every);
+    }
+}
+
 /// Polls `counter` until it stops growing for `quiet`, or `timeout` ends.
 /// Returns the value and whether it settled.
 pub fn wait_stall(counter: &AtomicU64, quiet: Duration, timeout: Duration) -> (u64, bool) {
@@ -1088,26 +1140,12 @@ impl Target {
 
     /// Waits until at least `n` connections have been accepted.
     pub fn wait_accepted(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.accepted() < n {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        true
+        poll_until(timeout, Duration::from_millis(1), || self.accepted() >= n)
     }
 
     /// Waits until `pred` holds for the live handler count.
     pub fn wait_live(&self, timeout: Duration, pred: impl Fn(usize) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !pred(self.live()) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        true
+        poll_until(timeout, Duration::from_millis(10), || pred(self.live()))
     }
 }
 
@@ -1290,6 +1328,42 @@ pub fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Result<(),
     }
 }
 
+/// What an application saw of a session the tunnel failed: see
+/// [`assert_closed_promptly`].
+#[derive(Debug)]
+pub struct AppClosed {
+    /// The application's first write.
+    pub wrote: io::Result<()>,
+    /// How the connection ended.
+    pub closed: Closed,
+    /// From the write to the end.
+    pub took: Duration,
+}
+
+/// Connects an application to `addr` (a stripe-client's listening port),
+/// writes `msg` and reads until the connection ends; fails unless it was
+/// closed (EOF or an error, not left open) within `prompt` of the write.
+/// The read gives up `prompt` + 5 s after the write.
+#[track_caller]
+pub fn assert_closed_promptly(addr: SocketAddr, msg: &[u8], prompt: Duration) -> AppClosed {
+    let mut app = connect(addr);
+    let started = Instant::now();
+    let wrote = app.write_all(msg);
+    let closed = read_until_closed(&mut app, prompt + Duration::from_secs(5));
+    let took = closed.at - started;
+    assert_ne!(
+        closed.how,
+        Err(io::ErrorKind::TimedOut),
+        "the application's connection was still open after {took:?} (write: {wrote:?})"
+    );
+    assert!(took < prompt, "closed after {took:?}, bound {prompt:?}");
+    AppClosed {
+        wrote,
+        closed,
+        took,
+    }
+}
+
 /// One normal session: `len` bytes each way at once through `tunnel`
 /// (whose target must be an [`echo`] target), checked byte for byte.
 #[track_caller]
@@ -1370,14 +1444,7 @@ impl HeldSession {
 
     /// Waits until at least `n` bytes have come back.
     pub fn wait_echoed(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.echoed() < n {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        true
+        poll_until(timeout, Duration::from_millis(5), || self.echoed() >= n)
     }
 
     /// Lets the writer go on past `hold_at`.

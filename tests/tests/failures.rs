@@ -14,13 +14,14 @@
 //! exits 0; the server keeps serving, and exits 0 on SIGTERM itself.
 
 use std::io::{ErrorKind, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
-    self, Closed, KeyFile, Pattern, Proc, Target, Tunnel, assert_echo_session, dead_addr, echo,
-    read_until_closed, reset_after, send,
+    self, AppClosed, Closed, KeyFile, Pattern, Proc, Target, Tunnel, assert_closed_promptly,
+    assert_echo_session, dead_addr, echo, read_until_closed, reset_after, send,
 };
 
 /// How soon the application's connection must be closed after the failure.
@@ -41,9 +42,24 @@ fn saw_reset(write: &std::io::Result<impl std::fmt::Debug>, closed: &Closed) -> 
     write.as_ref().is_err_and(|e| reset(e.kind())) || closed.how.is_err_and(reset)
 }
 
-/// The last "session ... closed" line of the client, which carries the cause.
-fn close_line(client: &mut Proc) -> String {
-    client.wait_log(" closed after ", Duration::from_secs(10))
+/// The "session ... closed" line of `p`, which carries the cause.
+fn close_line(p: &mut Proc) -> String {
+    p.wait_log(" closed after ", Duration::from_secs(10))
+}
+
+/// An application connection through the client listening on `addr`,
+/// whose session fails: it sends a little and must be closed within
+/// [`PROMPT`], with a reset.
+#[track_caller]
+fn assert_reset_promptly(addr: SocketAddr) -> AppClosed {
+    let app = assert_closed_promptly(addr, b"hello?", PROMPT);
+    assert!(
+        saw_reset(&app.wrote, &app.closed),
+        "the application saw a reset, not a clean close: write {:?}, read {:?}",
+        app.wrote,
+        app.closed
+    );
+    app
 }
 
 #[test]
@@ -51,22 +67,8 @@ fn target_refuses() {
     let target_addr = dead_addr();
     let mut tunnel = Tunnel::start(target_addr, 4);
 
-    let mut app = tunnel.connect();
-    let started = Instant::now();
     // Whatever the application sends first goes nowhere: the session fails.
-    let wrote = app.write_all(b"hello?");
-    let closed = read_until_closed(&mut app, PROMPT + Duration::from_secs(5));
-    let took = closed.at - started;
-    assert_ne!(
-        closed.how,
-        Err(ErrorKind::TimedOut),
-        "the application's connection was still open after {took:?}"
-    );
-    assert!(took < PROMPT, "closed after {took:?}, bound {PROMPT:?}");
-    assert!(
-        saw_reset(&wrote, &closed),
-        "the application saw a reset, not a clean close: write {wrote:?}, read {closed:?}"
-    );
+    let AppClosed { closed, took, .. } = assert_reset_promptly(tunnel.addr());
     assert_eq!(closed.bytes, 0, "nothing came back");
 
     let line = close_line(&mut tunnel.client);
@@ -90,21 +92,7 @@ fn server_down() {
     let key = KeyFile::generate();
     let mut client = harness::start_client(&key, server_addr, 4, &[], "info");
 
-    let mut app = harness::connect(client.addr());
-    let started = Instant::now();
-    let wrote = app.write_all(b"hello?");
-    let closed = read_until_closed(&mut app, PROMPT + Duration::from_secs(5));
-    let took = closed.at - started;
-    assert_ne!(
-        closed.how,
-        Err(ErrorKind::TimedOut),
-        "the application's connection was still open after {took:?}"
-    );
-    assert!(took < PROMPT, "closed after {took:?}, bound {PROMPT:?}");
-    assert!(
-        saw_reset(&wrote, &closed),
-        "the application saw a reset, not a clean close: write {wrote:?}, read {closed:?}"
-    );
+    let AppClosed { closed, took, .. } = assert_reset_promptly(client.addr());
 
     let line = close_line(&mut client);
     assert!(
@@ -220,9 +208,7 @@ fn sigterm_aborts_sessions_and_exits_cleanly() {
     tunnel
         .client
         .wait_log("all sessions closed; exiting", Duration::from_secs(1));
-    let line = tunnel
-        .server
-        .wait_log(" closed after ", Duration::from_secs(10));
+    let line = close_line(&mut tunnel.server);
     assert!(
         line.contains("shutting down"),
         "server's close line gives the client's reason: {line}"

@@ -32,9 +32,9 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
     self, ConnReport, Digest, KeyFile, Pattern, Pending, Proc, Received, Target, TempDir, Tunnel,
-    assert_echo_session, digest, echo, receive_counting, send, spawn_small,
+    assert_echo_session, digest, echo, receive_counting, run_ok, send, spawn_small,
 };
 use striper_tests::linkemu::{ConnInfo, ConnState, LinkConfig, LinkEmu, Shape};
+use striper_tests::sshd::{Sshd, Tools, user};
 
 const MIB: u64 = 1 << 20;
 /// Bytes each way of every transfer test.
@@ -745,109 +746,6 @@ fn outage_past_resume_timeout_closes_both_ends() {
 // ---------------------------------------------------------------------------
 // OpenSSH
 
-/// Finds a program on PATH or in the usual places, or fails the test with
-/// what to install (as tests/tests/ssh.rs does).
-fn require(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the ssh resilience test needs `{name}`: install {package} \
-                 (e.g. `apt-get install -y {package}`); scripts/test.sh does this"
-            )
-        })
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A private sshd on a free loopback port accepting only a fresh key, with
-/// its keepalives off (a minimal copy of tests/tests/ssh.rs's).
-struct Sshd {
-    _proc: Proc,
-    port: u16,
-    user_key: PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path) -> Sshd {
-        let (sshd, keygen) = (
-            require("sshd", "openssh-server"),
-            require("ssh-keygen", "openssh-client"),
-        );
-        for k in ["host_key", "user_key"] {
-            run_ok(
-                Command::new(&keygen)
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "striper-test", "-f"])
-                    .arg(dir.join(k)),
-            );
-        }
-        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys"))
-            .expect("write authorized_keys");
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "HostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
-                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                 PermitRootLogin prohibit-password\nClientAliveInterval 0\nLogLevel INFO\n",
-                d = dir.display()
-            ),
-        )
-        .expect("write sshd_config");
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
-        }
-        // A port picked by binding port 0 may be taken before sshd binds it.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut cmd = Command::new(&sshd);
-            cmd.args(["-D", "-e", "-f"])
-                .arg(&config)
-                .arg("-o")
-                .arg(format!("ListenAddress=127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
-            let mut proc = Proc::spawn("sshd", cmd);
-            let ready = format!("Server listening on 127.0.0.1 port {port}");
-            match proc.find_log(harness::START_TIMEOUT, |l| {
-                l.contains(&ready) || l.contains("Bind to port") || l.contains("fatal")
-            }) {
-                Some(l) if l.contains(&ready) => {
-                    return Sshd {
-                        _proc: proc,
-                        port,
-                        user_key: dir.join("user_key"),
-                    };
-                }
-                Some(l) if l.contains("Bind to port") => continue,
-                other => proc.fail(&format!("sshd did not start: {other:?}")),
-            }
-        }
-        panic!("sshd could not bind a free port in 5 tries");
-    }
-}
-
 fn sha256(path: &Path) -> String {
     run_ok(Command::new("sha256sum").arg(path))
         .split_whitespace()
@@ -868,9 +766,10 @@ fn ssh_session_survives_outage_and_resets() {
     const SSH_RATE_MBIT: f64 = 4.0;
     const OUTAGE: Duration = Duration::from_secs(10);
     const SSH_TIMEOUT: Duration = Duration::from_secs(150);
-    let ssh_bin = require("ssh", "openssh-client");
+    let tools = Tools::find();
     let dir = TempDir::new("resilience-ssh");
-    let sshd = Sshd::start(dir.path());
+    // sshd's keepalives off.
+    let sshd = Sshd::start(&tools, dir.path(), &["ClientAliveInterval 0"]);
     let mut rig = Rig::start(
         format!("127.0.0.1:{}", sshd.port).parse().unwrap(),
         SSH_RATE_MBIT,
@@ -882,33 +781,20 @@ fn ssh_session_survives_outage_and_resets() {
     let (want_sha, want_crc) = (sha256(&src), digest(&std::fs::read(&src).unwrap()));
     let remote = dir.path().join("copied.bin");
     let out = dir.path().join("ssh.out");
-    let user = run_ok(Command::new("id").arg("-un")).trim().to_string();
-    let mut cmd = Command::new(&ssh_bin);
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(&sshd.user_key)
-        .args(["-p", &rig.tunnel.addr().port().to_string()])
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "ServerAliveInterval=0",
-        ])
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(format!(
-            "cat > '{r}' && sha256sum '{r}'",
-            r = remote.display()
-        ))
-        .stdin(File::open(&src).unwrap())
+    // ssh's keepalives off too.
+    let route = [
+        "-o".to_string(),
+        "ServerAliveInterval=0".to_string(),
+        "-p".to_string(),
+        rig.tunnel.addr().port().to_string(),
+        format!("{}@127.0.0.1", user()),
+    ];
+    let mut cmd = sshd.ssh_command(
+        &tools,
+        &route,
+        &format!("cat > '{r}' && sha256sum '{r}'", r = remote.display()),
+    );
+    cmd.stdin(File::open(&src).unwrap())
         .stdout(File::create(&out).unwrap());
     let started = Instant::now();
     let mut ssh = Proc::spawn("ssh", cmd);

@@ -50,8 +50,8 @@ use pipes::proto::handshake::{
 };
 use pipes::proto::session::reset;
 use striper_tests::harness::{
-    self, HeldSession, IO_TIMEOUT, KeyFile, Pattern, Proc, Target, TempDir, echo, read_to_close,
-    read_until_closed,
+    self, AppClosed, HeldSession, IO_TIMEOUT, KeyFile, Pattern, Proc, Target, TempDir,
+    assert_closed_promptly, echo, read_to_close,
 };
 
 const MIB: u64 = 1 << 20;
@@ -67,20 +67,6 @@ const TRANSFER: Duration = Duration::from_secs(60);
 /// How long to watch for something that must not happen (a target
 /// connection, a log line) after the forged connection was closed.
 const SETTLE: Duration = Duration::from_millis(500);
-
-/// Starts a client with arbitrary authentication arguments.
-fn start_client_with(server: SocketAddr, stripes: u8, auth: &[String]) -> Proc {
-    let mut args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".to_string(),
-        "--server".to_string(),
-        server.to_string(),
-        "--stripes".to_string(),
-        stripes.to_string(),
-    ];
-    args.extend(auth.iter().cloned());
-    Proc::spawn_listening("stripe-client", "stripe-client", &args, "info")
-}
 
 /// The `n`th extra loopback address, 127.0.0.(n+1), n >= 1.
 fn loopback(n: u8) -> Ipv4Addr {
@@ -116,6 +102,17 @@ struct Answer {
     rst: Option<(u16, String)>,
     ended: Result<(), io::ErrorKind>,
     took: Duration,
+}
+
+/// Sends `bytes` to the server at `to` on a new connection from the `n`th
+/// extra loopback address and reads its answer. Returns the connection's
+/// own address (which the server's warning names) and the answer.
+fn send_forged(what: &str, n: u8, to: SocketAddr, bytes: &[u8]) -> (SocketAddr, Answer) {
+    let mut conn = connect_from(loopback(n), to);
+    let peer = conn.local_addr().unwrap();
+    conn.write_all(bytes)
+        .unwrap_or_else(|e| panic!("{what}: send: {e}"));
+    (peer, read_answer(&mut conn))
 }
 
 fn read_answer(s: &mut TcpStream) -> Answer {
@@ -374,55 +371,89 @@ fn assert_genuine_intact(t: &mut PathTunnel, session: HeldSession, stripes: u8, 
 }
 
 // ---------------------------------------------------------------------------
+// A client the server refuses.
+
+/// A keyed server in front of an echo target, and a client it refuses,
+/// with one application connection through the client already closed.
+struct RefusedClient {
+    target: Target,
+    /// The server's key.
+    key: KeyFile,
+    server: Proc,
+    client: Proc,
+    app: AppClosed,
+}
+
+/// Starts the server with a fresh key and the client with `client_auth`
+/// (another key, or none); an application sends a little through the
+/// client and must be closed within [`PROMPT`], with nothing back.
+#[track_caller]
+fn refused_client(client_auth: &[String]) -> RefusedClient {
+    let target = Target::start(echo);
+    let key = KeyFile::generate();
+    let server = harness::start_server(&key, target.addr(), &[], "info");
+    let client = harness::start_client(client_auth, server.addr(), 4, &[], "info");
+    let app = assert_closed_promptly(client.addr(), b"hello?", PROMPT);
+    assert_eq!(app.closed.bytes, 0, "nothing came back");
+    RefusedClient {
+        target,
+        key,
+        server,
+        client,
+        app,
+    }
+}
+
+impl RefusedClient {
+    /// Fails unless the server opened no session, the target saw no
+    /// connection and both processes are healthy; then logs the client's
+    /// close line `close` and the server's refusal `refused`.
+    #[track_caller]
+    fn assert_no_session(&mut self, what: &str, close: &str, refused: &str) {
+        assert_eq!(
+            count_lines(&self.server, " opened: "),
+            0,
+            "the server opened no session"
+        );
+        assert_target_untouched(&self.target, 0);
+        self.server.assert_healthy();
+        self.client.assert_healthy();
+        eprintln!(
+            "{what}: application closed after {:?} ({:?})",
+            self.app.took, self.app.closed
+        );
+        eprintln!("  client: {close}");
+        eprintln!("  server: {refused}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Tests
 
 #[test]
 fn wrong_key_is_refused() {
-    let target = Target::start(echo);
-    let (key, other) = (KeyFile::generate(), KeyFile::generate());
-    let mut server = harness::start_server(&key, target.addr(), &[], "info");
-    let mut client = harness::start_client(&other, server.addr(), 4, &[], "info");
-
-    let mut app = harness::connect(client.addr());
-    let started = Instant::now();
-    let wrote = app.write_all(b"hello?");
-    let closed = read_until_closed(&mut app, PROMPT + Duration::from_secs(5));
-    let took = closed.at - started;
-    assert_ne!(
-        closed.how,
-        Err(io::ErrorKind::TimedOut),
-        "the application's connection was still open after {took:?} (write: {wrote:?})"
-    );
-    assert!(took < PROMPT, "closed after {took:?}, bound {PROMPT:?}");
-    assert_eq!(closed.bytes, 0, "nothing came back");
+    let other = KeyFile::generate();
+    let mut r = refused_client(&other.args());
 
     // The client names the cause: the server's proof does not match our key.
-    let line = client.wait_log("did not prove it holds our key", LOG_WAIT);
-    assert!(line.contains(&server.addr().to_string()), "{line}");
-    let close = client.wait_log(" closed after ", LOG_WAIT);
+    let line = r
+        .client
+        .wait_log("did not prove it holds our key", LOG_WAIT);
+    assert!(line.contains(&r.server.addr().to_string()), "{line}");
+    let close = r.client.wait_log(" closed after ", LOG_WAIT);
     assert!(
         close.contains("did not prove it holds our key"),
         "the client's close line names the cause: {close}"
     );
     // The server saw a handshake abandoned before the client's proof.
-    let refused = server.wait_log("before proving the key", LOG_WAIT);
+    let refused = r.server.wait_log("before proving the key", LOG_WAIT);
     assert!(refused.contains("during the handshake"), "{refused}");
-    assert_eq!(
-        count_lines(&server, " opened: "),
-        0,
-        "the server opened no session"
-    );
-    assert_target_untouched(&target, 0);
-    server.assert_healthy();
-    client.assert_healthy();
-    eprintln!("wrong key: application closed after {took:?} ({closed:?})");
-    eprintln!("  client: {close}");
-    eprintln!("  server: {refused}");
+    r.assert_no_session("wrong key", &close, &refused);
 
     // The same server serves a client holding its key.
-    let good = harness::start_client(&key, server.addr(), 4, &[], "info");
+    let good = harness::start_client(&r.key, r.server.addr(), 4, &[], "info");
     harness::assert_echo_session(good.addr(), 1, MIB);
-    assert_eq!(target.accepted(), 1);
+    assert_eq!(r.target.accepted(), 1);
 }
 
 /// Authentication is mutual: a client holding a key checks the server's
@@ -458,27 +489,16 @@ fn impostor_server_gets_no_data() {
     let key = KeyFile::generate();
     let mut client = harness::start_client(&key, fake, 4, &[], "info");
 
-    let mut app = harness::connect(client.addr());
-    let started = Instant::now();
-    let wrote = app.write_all(SECRET);
-    let closed = read_until_closed(&mut app, PROMPT + Duration::from_secs(5));
-    let took = closed.at - started;
-    assert_ne!(
-        closed.how,
-        Err(io::ErrorKind::TimedOut),
-        "the application's connection was still open after {took:?} (write: {wrote:?})"
-    );
-    assert!(took < PROMPT, "closed after {took:?}, bound {PROMPT:?}");
+    let took = assert_closed_promptly(client.addr(), SECRET, PROMPT).took;
     let close = client.wait_log(" closed after ", LOG_WAIT);
     assert!(
         close.contains("did not prove it holds our key"),
         "the client's close line names the cause: {close}"
     );
     // Every stripe the impostor saw carried a hello and nothing else.
-    let deadline = Instant::now() + LOG_WAIT;
-    while got.lock().unwrap().len() < 4 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    harness::poll_until(LOG_WAIT, Duration::from_millis(10), || {
+        got.lock().unwrap().len() >= 4
+    });
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 4, "the client dialled its 4 stripes");
     for bytes in &got {
@@ -499,43 +519,17 @@ fn impostor_server_gets_no_data() {
 
 #[test]
 fn client_without_key_is_refused() {
-    let target = Target::start(echo);
-    let key = KeyFile::generate();
-    let mut server = harness::start_server(&key, target.addr(), &[], "info");
-    let mut client = start_client_with(server.addr(), 4, &["--insecure-no-auth".into()]);
+    let mut r = refused_client(&["--insecure-no-auth".into()]);
 
-    let mut app = harness::connect(client.addr());
-    let started = Instant::now();
-    let wrote = app.write_all(b"hello?");
-    let closed = read_until_closed(&mut app, PROMPT + Duration::from_secs(5));
-    let took = closed.at - started;
-    assert_ne!(
-        closed.how,
-        Err(io::ErrorKind::TimedOut),
-        "the application's connection was still open after {took:?} (write: {wrote:?})"
-    );
-    assert!(took < PROMPT, "closed after {took:?}, bound {PROMPT:?}");
-    assert_eq!(closed.bytes, 0, "nothing came back");
-
-    let refused = server.wait_log("failed authentication", LOG_WAIT);
+    let refused = r.server.wait_log("failed authentication", LOG_WAIT);
     assert!(refused.contains("proof does not match"), "{refused}");
     // The client logs the reason the server gave (its RST frame).
-    let close = client.wait_log(" closed after ", LOG_WAIT);
+    let close = r.client.wait_log(" closed after ", LOG_WAIT);
     assert!(
         close.contains("authentication failed"),
         "the client's close line gives the server's reason: {close}"
     );
-    assert_eq!(
-        count_lines(&server, " opened: "),
-        0,
-        "the server opened no session"
-    );
-    assert_target_untouched(&target, 0);
-    server.assert_healthy();
-    client.assert_healthy();
-    eprintln!("no key: application closed after {took:?} ({closed:?})");
-    eprintln!("  client: {close}");
-    eprintln!("  server: {refused}");
+    r.assert_no_session("no key", &close, &refused);
 }
 
 #[test]
@@ -555,10 +549,7 @@ fn replayed_handshake_is_refused() {
 
     // Replay while the session is live: the server answers with a fresh
     // nonce, so the captured proof does not match it.
-    let mut replay = connect_from(loopback(1), t.server.addr());
-    let peer = replay.local_addr().unwrap();
-    replay.write_all(&stripe.up).expect("replay");
-    let a = read_answer(&mut replay);
+    let (peer, a) = send_forged("replay", 1, t.server.addr(), &stripe.up);
     let hello = a.hello.as_ref().expect("the server answered the hello");
     assert_eq!(hello.status, Status::Ok, "a hello for a live session");
     assert_ne!(hello.nonce, genuine_nonce, "the server's nonce is fresh");
@@ -577,10 +568,7 @@ fn replayed_handshake_is_refused() {
     assert_genuine_intact(&mut t, session, 2, "genuine session");
 
     // Replay after the session ended: refused as finished, before any proof.
-    let mut replay = connect_from(loopback(2), t.server.addr());
-    let peer = replay.local_addr().unwrap();
-    replay.write_all(&stripe.up).expect("replay");
-    let a = read_answer(&mut replay);
+    let (peer, a) = send_forged("replay", 2, t.server.addr(), &stripe.up);
     assert_eq!(
         a.hello.as_ref().map(|h| h.status),
         Some(Status::UnknownSession),
@@ -600,10 +588,7 @@ fn replayed_handshake_is_refused() {
     // A restarted server has forgotten the session, so the replayed hello
     // opens a new one as far as it knows: only the nonce stops it.
     let mut fresh = harness::start_server(&t.key, t.target.addr(), &[], "info");
-    let mut replay = connect_from(loopback(3), fresh.addr());
-    let peer = replay.local_addr().unwrap();
-    replay.write_all(&stripe.up).expect("replay");
-    let a = read_answer(&mut replay);
+    let (peer, a) = send_forged("replay", 3, fresh.addr(), &stripe.up);
     let hello = a.hello.as_ref().expect("the server answered the hello");
     assert_eq!(hello.status, Status::Ok, "an unknown session's OPEN");
     assert_ne!(hello.nonce, genuine_nonce, "the server's nonce is fresh");
@@ -650,10 +635,7 @@ fn stripe_without_key_cannot_join_a_session() {
         bytes.extend(frame::encode_vec(FrameType::Data, 0, 0, &[0xEE; 4096]));
         bytes.extend(frame::encode_vec(FrameType::Fin, 0, 4096, &[]));
 
-        let mut conn = connect_from(loopback(n as u8 + 1), t.server.addr());
-        let peer = conn.local_addr().unwrap();
-        conn.write_all(&bytes).expect("send forged stripe");
-        let a = read_answer(&mut conn);
+        let (peer, a) = send_forged(&what, n as u8 + 1, t.server.addr(), &bytes);
         assert_refused_auth(&what, &a);
         let line = refusal_line(&mut t.server, peer, "failed authentication");
         eprintln!(
@@ -748,20 +730,8 @@ fn keys_are_required_generated_and_protected() {
     let tgt = Target::start(echo);
     let key_args = ["--key-file".to_string(), shown.clone()];
     {
-        let server = Proc::spawn_listening(
-            "stripe-server",
-            "stripe-server",
-            &[
-                "--listen".to_string(),
-                "127.0.0.1:0".to_string(),
-                "--target".to_string(),
-                tgt.addr().to_string(),
-                key_args[0].clone(),
-                key_args[1].clone(),
-            ],
-            "info",
-        );
-        let client = start_client_with(server.addr(), 2, &key_args);
+        let server = harness::start_server(&key_args[..], tgt.addr(), &[], "info");
+        let client = harness::start_client(&key_args[..], server.addr(), 2, &[], "info");
         harness::assert_echo_session(client.addr(), 5, MIB);
     }
     for mode in [0o644, 0o640, 0o604] {

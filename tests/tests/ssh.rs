@@ -13,152 +13,16 @@
 //! and a skipped ssh test would hide a broken tunnel.
 
 use std::fs::File;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use striper_tests::harness::{self, Digest, Pattern, Proc, TempDir, Tunnel, digest};
+use striper_tests::sshd::{Sshd, Tools, user};
 
 const FILE_LEN: usize = 20 << 20;
 /// Bound on one ssh invocation (a 20 MiB copy takes well under a second).
 const SSH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Finds a program in the usual places or on PATH, or fails the test with
-/// what to install.
-fn require(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
-    for d in dirs {
-        let p = d.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "the ssh end-to-end test needs `{name}`, which is not installed: \
-         install {package} (e.g. `apt-get install -y {package}`); \
-         scripts/test.sh and CI do this"
-    )
-}
-
-struct Tools {
-    sshd: PathBuf,
-    ssh: PathBuf,
-    keygen: PathBuf,
-}
-
-fn tools() -> Tools {
-    Tools {
-        sshd: require("sshd", "openssh-server"),
-        ssh: require("ssh", "openssh-client"),
-        keygen: require("ssh-keygen", "openssh-client"),
-    }
-}
-
-fn user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("run id -un");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn keygen(tools: &Tools, path: &Path) {
-    let st = Command::new(&tools.keygen)
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "striper-test", "-f"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .status()
-        .expect("run ssh-keygen");
-    assert!(
-        st.success(),
-        "ssh-keygen -f {} failed: {st}",
-        path.display()
-    );
-}
-
-/// A private sshd on a free loopback port, accepting only the test's key.
-struct Sshd {
-    proc: Proc,
-    port: u16,
-    user_key: PathBuf,
-}
-
-impl Sshd {
-    fn start(tools: &Tools, dir: &Path) -> Sshd {
-        let host_key = dir.join("host_key");
-        let user_key = dir.join("user_key");
-        keygen(tools, &host_key);
-        keygen(tools, &user_key);
-        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys"))
-            .expect("write authorized_keys");
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "HostKey {host}\n\
-                 PidFile {pid}\n\
-                 AuthorizedKeysFile {auth}\n\
-                 StrictModes no\n\
-                 UsePAM no\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\n\
-                 PermitRootLogin prohibit-password\n\
-                 LogLevel INFO\n",
-                host = host_key.display(),
-                pid = dir.join("sshd.pid").display(),
-                auth = dir.join("authorized_keys").display(),
-            ),
-        )
-        .expect("write sshd_config");
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            // Debian's sshd refuses to start without its privilege
-            // separation directory, normally made by the init system.
-            std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
-        }
-        // The port is picked by binding port 0 and releasing it, so another
-        // process may take it before sshd binds: then try another.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut cmd = Command::new(&tools.sshd);
-            cmd.arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .arg("-o")
-                .arg(format!("ListenAddress=127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
-            let proc = Proc::spawn("sshd", cmd);
-            let ready = format!("Server listening on 127.0.0.1 port {port}");
-            match proc.find_log(harness::START_TIMEOUT, |l| {
-                l.contains(&ready) || l.contains("Bind to port") || l.contains("fatal")
-            }) {
-                Some(l) if l.contains(&ready) => {
-                    return Sshd {
-                        proc,
-                        port,
-                        user_key,
-                    };
-                }
-                Some(l) if l.contains("Bind to port") => {
-                    eprintln!("sshd could not bind port {port}, trying another: {l}");
-                    continue;
-                }
-                other => {
-                    let mut proc = proc;
-                    proc.fail(&format!("sshd did not start: {other:?}"))
-                }
-            }
-        }
-        panic!("sshd could not bind a free port in 5 tries");
-    }
-}
 
 /// One ssh invocation of `remote_cmd`, with standard input from `stdin`
 /// (or nothing) and standard output into `stdout`. `route` is the options
@@ -173,26 +37,8 @@ fn ssh(
     stdin: Option<&Path>,
     stdout: &Path,
 ) -> Vec<String> {
-    let mut cmd = Command::new(&tools.ssh);
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(&sshd.user_key)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=20",
-        ])
-        .args(route)
-        .arg(remote_cmd)
-        .env("RUST_LOG", "info")
+    let mut cmd = sshd.ssh_command(tools, route, remote_cmd);
+    cmd.env("RUST_LOG", "info")
         .stdout(File::create(stdout).expect("create ssh output file"));
     match stdin {
         Some(p) => cmd.stdin(File::open(p).expect("open ssh input file")),
@@ -248,9 +94,9 @@ fn exercise(tools: &Tools, sshd: &Sshd, dir: &Path, route: &[String], tag: &str)
 }
 
 fn start_all(tag: &str) -> (Tools, TempDir, Sshd, Tunnel) {
-    let tools = tools();
+    let tools = Tools::find();
     let dir = TempDir::new(tag);
-    let sshd = Sshd::start(&tools, dir.path());
+    let sshd = Sshd::start(&tools, dir.path(), &[]);
     let target = format!("127.0.0.1:{}", sshd.port).parse().unwrap();
     let tunnel = Tunnel::start(target, 4);
     (tools, dir, sshd, tunnel)
