@@ -157,6 +157,19 @@ impl<P: Pipe> FramedPipe<P> {
         self.flush(payload)
     }
 
+    /// Copies the payload of the frame in progress out of the session's
+    /// send buffer, so the session may free those bytes (they were
+    /// acknowledged through another stripe) while this stripe still has to
+    /// finish the frame byte for byte.
+    pub fn detach_payload<'s>(&mut self, payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8])) {
+        if let Some(out) = &mut self.out
+            && let Some((off, len)) = out.data.take()
+        {
+            let (a, b) = payload(off, len);
+            out.inline = [a, b].concat();
+        }
+    }
+
     /// Writes what is queued. Returns true when nothing is left.
     pub fn flush<'s>(
         &mut self,

@@ -680,6 +680,14 @@ impl StripedPipe {
     /// Writes frames until the stripes are full, the session has nothing
     /// more, or the budget is spent. Returns true if the budget ran out.
     fn transmit(&mut self, now: Instant) -> bool {
+        let stale: Vec<usize> = self.session.stale_pins().collect();
+        for i in stale {
+            if let Some(s) = self.stripes[i].as_mut() {
+                let session = &self.session;
+                s.framed.detach_payload(|o, l| session.send_slices(o, l));
+            }
+            self.session.frame_written(i);
+        }
         for i in 0..self.stripes.len() {
             let Some(s) = self.stripes[i].as_mut() else {
                 continue;

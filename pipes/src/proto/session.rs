@@ -68,6 +68,10 @@ impl Default for SessionConfig {
     }
 }
 
+/// Acknowledged bytes the send buffer may keep beyond the window for frames
+/// still being written: a few frames' worth.
+const PIN_ALLOWANCE: u64 = 1 << 20;
+
 /// The shortest ACK stall that counts as a stripe holding the line.
 const STALL_MIN: Duration = Duration::from_millis(200);
 /// The most bytes sent again around one stall.
@@ -311,8 +315,17 @@ impl Session {
         let unsent = end - self.next_new;
         let unsent_room = (self.cfg.unsent_limit as u64).saturating_sub(unsent);
         let n = (data.len() as u64).min(window_room).min(unsent_room) as usize;
-        let held = (self.acked - self.send_base) as usize;
-        let n = self.send.push(&data[..n], self.peer_window as usize + held);
+        // Acknowledged bytes still held for a half-written frame count
+        // against a small allowance, so the buffer stays bounded by the
+        // window whatever a stripe or the peer does.
+        let held = self.acked - self.send_base;
+        let n = (n as u64)
+            .min((self.peer_window + PIN_ALLOWANCE).saturating_sub(end - self.send_base))
+            as usize;
+        let n = self.send.push(
+            &data[..n],
+            (self.peer_window + held.min(PIN_ALLOWANCE)) as usize,
+        );
         self.stats.bytes_out += n as u64;
         n
     }
@@ -766,6 +779,19 @@ impl Session {
         }
     }
 
+    /// Stripes whose half-written frame holds bytes the peer has already
+    /// acknowledged (it got them from a copy on another stripe). The IO side
+    /// should copy the rest of that frame out of the send buffer
+    /// ([`crate::framed::FramedPipe::detach_payload`]) and call
+    /// [`Session::frame_written`], so the buffer can let go of them.
+    pub fn stale_pins(&self) -> impl Iterator<Item = usize> + '_ {
+        self.stripes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.pin.is_some_and(|p| p < self.acked))
+            .map(|(i, _)| i)
+    }
+
     /// One past the highest offset ever handed to a stripe.
     fn highest_sent(&self) -> u64 {
         self.next_new
@@ -1081,7 +1107,13 @@ mod tests {
         assert_eq!(a.len() + b.len(), 1000);
         assert!(a.iter().chain(b).all(|&x| x == 9));
         assert_eq!(s.send_backlog(), 0, "acknowledged all the same");
+        assert_eq!(
+            s.stale_pins().collect::<Vec<_>>(),
+            vec![again.stripe],
+            "the IO side is asked to copy the rest of that frame out"
+        );
         s.frame_written(again.stripe);
+        assert_eq!(s.stale_pins().count(), 0);
         assert!(s.buffer_capacity() > 0);
         s.release_idle_buffers();
         assert_eq!(s.buffer_capacity(), 0, "freed once written");
