@@ -4,6 +4,7 @@
 //!   the session state machine, with no IO at all;
 //! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`.
 
+pub mod fuzzing;
 pub mod proto;
 
 mod buf;

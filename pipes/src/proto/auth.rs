@@ -59,6 +59,11 @@ impl Key {
                 hex.len()
             ));
         }
+        // Checked first: slicing below assumes one byte per character, and
+        // `from_str_radix` would take a sign ("+f").
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("not hexadecimal".to_string());
+        }
         let mut k = [0u8; KEY_LEN];
         for (i, byte) in k.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
@@ -177,5 +182,16 @@ mod tests {
                 .contains("hexadecimal")
         );
         assert_eq!(format!("{k:?}"), "Key(..)");
+        // Found with the fuzz targets: a multi-byte character made the
+        // 64 "digits" slice inside a character (a panic), and a sign was
+        // taken as part of a digit pair.
+        let split = format!("0\u{e9}{}", "0".repeat(61));
+        assert_eq!(split.len(), 64);
+        assert!(Key::parse(&split).unwrap_err().contains("hexadecimal"));
+        assert!(
+            Key::parse(&"+f".repeat(32))
+                .unwrap_err()
+                .contains("hexadecimal")
+        );
     }
 }

@@ -333,10 +333,12 @@ impl Session {
     /// True when [`Session::write`] would take at least one byte.
     pub fn can_write(&self) -> bool {
         let end = self.send_end();
+        let held = self.acked - self.send_base;
         self.fin_out.is_none()
             && self.rst_out.is_none()
             && end < self.acked + self.peer_window
             && end - self.next_new < self.cfg.unsent_limit as u64
+            && end - self.send_base < self.peer_window + held.min(PIN_ALLOWANCE)
     }
 
     /// No more application bytes will follow: a FIN goes out at the current end.
