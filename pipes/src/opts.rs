@@ -11,6 +11,7 @@ use crate::keyfile;
 use crate::proto::auth::Key;
 use crate::proto::frame::ABSOLUTE_MAX_PAYLOAD;
 use crate::proto::handshake::{MIN_MAX_PAYLOAD, MIN_WINDOW};
+use crate::proto::session::MAX_WINDOW;
 use crate::striped::StripedConfig;
 
 #[derive(Args, Clone, Debug)]
@@ -59,7 +60,7 @@ impl TuningOpts {
     /// Checks ranges and builds the pipe configuration.
     pub fn to_config(&self) -> Result<StripedConfig, String> {
         let mut cfg = StripedConfig::default();
-        if self.window < MIN_WINDOW as u64 || self.window > 1 << 30 {
+        if self.window < MIN_WINDOW as u64 || self.window > MAX_WINDOW as u64 {
             return Err(format!(
                 "--window must be between {}K and 1G",
                 MIN_WINDOW >> 10

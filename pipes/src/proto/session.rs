@@ -68,6 +68,9 @@ impl Default for SessionConfig {
     }
 }
 
+/// The largest receive window either end offers (and the most we believe).
+pub const MAX_WINDOW: u32 = 1 << 30;
+
 /// Acknowledged bytes the send buffer may keep beyond the window for frames
 /// still being written: a few frames' worth.
 const PIN_ALLOWANCE: u64 = 1 << 20;
@@ -298,7 +301,9 @@ impl Session {
     /// The peer's window and frame cap, learned in the handshake. Until then
     /// the protocol minimums apply.
     pub fn set_peer_params(&mut self, window: u32, max_payload: u32) {
-        self.peer_window = window.max(MIN_WINDOW) as u64;
+        // A window beyond what any honest end offers (--window caps at
+        // 1 GiB) would only let a peer make us buffer more for it.
+        self.peer_window = window.clamp(MIN_WINDOW, MAX_WINDOW) as u64;
         self.peer_max_payload = max_payload.max(MIN_MAX_PAYLOAD) as usize;
     }
 
@@ -608,7 +613,9 @@ impl Session {
     /// Keepalive: PINGs stripes that have been silent, and returns a stripe
     /// that has been silent past the timeout (the caller closes it and calls
     /// [`Session::stripe_down`]). Also sends the head of the line around a
-    /// stalled stripe (see [`Session::bypass_stall`]).
+    /// stalled stripe: when the peer's ACKs stop, or the stripe holding the
+    /// oldest unacknowledged bytes would take far longer than the others to
+    /// drain, those bytes go out again on the others, once.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<usize> {
         self.bypass_stall(now);
         let (keepalive, timeout) = (self.cfg.keepalive, self.cfg.stripe_timeout);
