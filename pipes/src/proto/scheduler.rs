@@ -119,7 +119,10 @@ impl RateEstimator {
         }
         let sample = delivered.saturating_sub(d0) as f64 / dt.as_secs_f64();
         self.rate = match self.rate {
-            None if self.busy_throughout || sample > 0.0 => Some(sample.max(1.0)),
+            // A first estimate only from a busy window: a stripe that only
+            // carried keepalives would otherwise be "measured" at a few
+            // bytes a second and never be given data again.
+            None if self.busy_throughout => Some(sample.max(1.0)),
             None => None,
             Some(r) if self.busy_throughout => Some((r + sample) / 2.0),
             Some(r) => Some(r.max(sample)),
@@ -179,6 +182,20 @@ mod tests {
         assert_eq!(choose(&s, 1000, 1000), Some(0));
         s[0].up = false;
         assert_eq!(choose(&s, 1000, 1000), None);
+    }
+
+    #[test]
+    fn an_idle_stripe_is_not_measured_as_slow() {
+        // Keepalives only: a trickle, never a backlog.
+        let t = Instant::now();
+        let mut e = RateEstimator::new(Duration::from_millis(100));
+        for k in 0..10u64 {
+            e.on_sample(t + Duration::from_millis(100 * k), 40 * k, false);
+        }
+        assert_eq!(e.rate(), None, "unmeasured, so it gets the others' rate");
+        let mut v = [view(true, 100_000, 1e6), view(true, 0, 1e6)];
+        v[1].rate = e.rate();
+        assert_eq!(choose(&v, 16_384, 16_384), Some(1));
     }
 
     #[test]

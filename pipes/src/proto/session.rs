@@ -407,18 +407,21 @@ impl Session {
         if !s.up {
             return "down".into();
         }
+        let ms = |d: Option<Duration>| {
+            d.map_or("?".to_string(), |d| {
+                format!("{:.1} ms", d.as_secs_f64() * 1e3)
+            })
+        };
         format!(
-            "{}, rate {}, queued {} KiB, rtt {}",
+            "{}, rate {}, queued {} KiB, rtt {}, ping {}",
             if s.writable { "writable" } else { "full" },
             s.rate.rate().map_or("unmeasured".to_string(), |r| format!(
                 "{:.1} Mbit/s",
                 r * 8.0 / 1e6
             )),
             (s.kernel_queued + s.queued_since) >> 10,
-            s.rtt.map_or("?".to_string(), |r| format!(
-                "{:.1} ms",
-                r.as_secs_f64() * 1e3
-            )),
+            ms(s.rtt),
+            ms(s.ping_rtt),
         )
     }
 
