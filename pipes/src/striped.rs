@@ -286,13 +286,7 @@ impl StripedPipe {
         });
         self.session.stripe_up(i, now);
         if replaced || self.session.stats().stripes_lost > 0 {
-            self.session.stats_mut().stripes_redialed += 1;
-            info!(
-                "{}: stripe {i} re-joined ({} of {} up)",
-                self.label,
-                self.session.stripes_up(),
-                self.stripes.len()
-            );
+            self.note_rejoined(i);
         } else {
             debug!(
                 "{}: stripe {i} joined ({} up)",
@@ -301,6 +295,16 @@ impl StripedPipe {
             );
         }
         Ok(())
+    }
+
+    fn note_rejoined(&mut self, i: usize) {
+        self.session.stats_mut().stripes_redialed += 1;
+        info!(
+            "{}: stripe {i} re-joined ({} of {} up)",
+            self.label,
+            self.session.stripes_up(),
+            self.stripes.len()
+        );
     }
 
     fn peer_name(&self) -> String {
@@ -552,13 +556,7 @@ impl StripedPipe {
                     self.peer_known = true;
                 }
                 if s.join {
-                    self.session.stats_mut().stripes_redialed += 1;
-                    info!(
-                        "{}: stripe {i} re-joined ({} of {} up)",
-                        self.label,
-                        self.session.stripes_up(),
-                        self.stripes.len()
-                    );
+                    self.note_rejoined(i);
                 }
                 if !self.established {
                     self.established = true;

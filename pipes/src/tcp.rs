@@ -314,11 +314,16 @@ impl TcpPipe {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        self.adopt(token);
+        Ok(())
+    }
+
+    fn adopt(&mut self, token: Token) {
         self.token = Some(token);
-        // The socket may already hold bytes; no new edge would tell us.
+        // Moved from another task: the socket may already hold bytes or
+        // room, and no new edge would tell us.
         self.readable = true;
         self.writable = true;
-        Ok(())
     }
 
     /// Registers with a single given token.
@@ -328,10 +333,7 @@ impl TcpPipe {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.token = Some(token);
-        // Moved from another task: bytes may be waiting with no new edge.
-        self.readable = true;
-        self.writable = true;
+        self.adopt(token);
         Ok(())
     }
 
