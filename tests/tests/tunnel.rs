@@ -9,15 +9,16 @@
 //!   and 200 connections opened in one burst all become working sessions;
 //! * through the link emulator capping each stripe at 20 Mbit/s, a few MiB
 //!   each way arrive intact, carried by all 4 stripes, faster than any one
-//!   capped flow could carry them (the stripes are separate flows).
+//!   capped flow could carry them (the stripes are separate flows);
+//! * IPv6 literals for every address, and a host name for the server.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
     self, ConnReport, KeyFile, Pattern, Proc, Target, Tunnel, echo, exchange, exchange_on, receive,
-    send,
+    send, start_server, start_server_on,
 };
 use striper_tests::linkemu::{LinkConfig, LinkEmu, Shape};
 
@@ -25,22 +26,23 @@ const MIB: u64 = 1 << 20;
 /// Bound on a whole transfer: 64 MiB each way takes about a second here.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// `len` bytes each way at once through `stripes` stripes; the target checks
-/// what it gets while sending its own stream back.
-fn both_ways(stripes: u8, len: u64) {
-    let up = Pattern::new(u64::from(stripes) * 2);
-    let down = Pattern::new(u64::from(stripes) * 2 + 1);
-    let (u, d) = (up.clone(), down.clone());
-    let target = Target::start(move |_, s| exchange(s, &u, &d, len, false));
-    let mut tunnel = Tunnel::start(target.addr(), stripes);
+/// A target that checks `len` bytes of `Pattern::new(seed)` while sending
+/// `len` bytes of `Pattern::new(seed + 1)` back, listening on `addr`.
+fn exchanging_target(addr: SocketAddr, seed: u64, len: u64) -> Target {
+    let (u, d) = (Pattern::new(seed), Pattern::new(seed + 1));
+    Target::start_on(addr, move |_, s| exchange(s, &u, &d, len, false))
+}
 
-    let started = Instant::now();
-    let stream = tunnel.connect();
+/// One application connection to `entrance` exchanges `len` bytes each way
+/// at once with a target from [`exchanging_target`]`(seed)`; both ends'
+/// bytes must arrive intact.
+fn exchange_through(entrance: SocketAddr, target: &Target, seed: u64, len: u64) {
+    let (up, down) = (Pattern::new(seed), Pattern::new(seed + 1));
+    let stream = harness::connect(entrance);
     let (u, d) = (up.clone(), down.clone());
     let app = harness::background("app", move || exchange_on(stream, &u, len, Some(&d)));
     let (sent, got) = app.wait(TRANSFER_TIMEOUT);
     let report = target.wait_reports(1, TRANSFER_TIMEOUT).remove(0);
-    let elapsed = started.elapsed();
 
     let sent = sent.expect("application sends everything");
     got.assert_intact("target -> application", report.sent.unwrap(), &down, len);
@@ -50,6 +52,18 @@ fn both_ways(stripes: u8, len: u64) {
         .unwrap()
         .assert_intact("application -> target", sent, &up, len);
     assert_eq!(report.send_error, None);
+}
+
+/// `len` bytes each way at once through `stripes` stripes; the target checks
+/// what it gets while sending its own stream back.
+fn both_ways(stripes: u8, len: u64) {
+    let seed = u64::from(stripes) * 2;
+    let target = exchanging_target("127.0.0.1:0".parse().unwrap(), seed, len);
+    let mut tunnel = Tunnel::start(target.addr(), stripes);
+
+    let started = Instant::now();
+    exchange_through(tunnel.addr(), &target, seed, len);
+    let elapsed = started.elapsed();
     tunnel
         .client
         .wait_log("both sides closed", Duration::from_secs(10));
@@ -322,4 +336,49 @@ fn through_per_flow_caps() {
             .collect::<Vec<_>>()
     );
     tunnel.assert_healthy();
+}
+
+/// IPv6 literals on every side (the client's listening address, the server
+/// and the target), and a host name for the server: `localhost` may
+/// resolve to ::1 before 127.0.0.1, and the client must then move on to
+/// the address that answers.
+#[test]
+fn ipv6_addresses_and_host_names() {
+    let v6: SocketAddr = "[::1]:0".parse().unwrap();
+    if let Err(e) = TcpListener::bind(v6) {
+        eprintln!("IPv6 part skipped: this machine has no IPv6 loopback ({e})");
+    } else {
+        let target = exchanging_target(v6, 70, 4 * MIB);
+        let key = KeyFile::generate();
+        let mut server = start_server_on(&key, v6, target.addr(), &[], "info");
+        let mut args: Vec<String> = ["--listen", "[::1]:0", "--server"]
+            .map(String::from)
+            .to_vec();
+        args.push(server.addr().to_string());
+        args.extend(key.args());
+        let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+        assert!(server.addr().is_ipv6() && client.addr().is_ipv6());
+        exchange_through(client.addr(), &target, 70, 4 * MIB);
+        let closed = server.wait_log("both sides closed", Duration::from_secs(10));
+        assert!(
+            closed.contains("[::1]:"),
+            "server names the IPv6 client: {closed}"
+        );
+        client.assert_healthy();
+        server.assert_healthy();
+    }
+
+    let target = exchanging_target("127.0.0.1:0".parse().unwrap(), 72, 4 * MIB);
+    let key = KeyFile::generate();
+    let mut server = start_server(&key, target.addr(), &[], "info");
+    let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--server"]
+        .map(String::from)
+        .to_vec();
+    args.push(format!("localhost:{}", server.addr().port()));
+    args.extend(key.args());
+    let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+    exchange_through(client.addr(), &target, 72, 4 * MIB);
+    client.wait_log("both sides closed", Duration::from_secs(10));
+    client.assert_healthy();
+    server.assert_healthy();
 }
