@@ -130,13 +130,15 @@ impl<A: Pipe, B: Pipe> Bridge<A, B> {
     /// Aborts both sides for a reason from outside (shutdown, a timeout).
     pub fn abort(&mut self, error: PipeError) {
         if self.outcome.is_none() {
-            self.a.abort(&error);
-            self.b.abort(&error);
-            self.outcome = Some(Outcome::Failed {
-                side: Side::A,
-                error,
-            });
+            self.fail(Side::A, error);
         }
+    }
+
+    /// Tears both sides down with `error`, blaming `side`.
+    fn fail(&mut self, side: Side, error: PipeError) {
+        self.a.abort(&error);
+        self.b.abort(&error);
+        self.outcome = Some(Outcome::Failed { side, error });
     }
 
     /// Moves bytes until nothing moves or the round budget is spent.
@@ -145,11 +147,7 @@ impl<A: Pipe, B: Pipe> Bridge<A, B> {
             match self.relay(cx) {
                 Ok(again) if self.outcome.is_none() => return Status::Running { again },
                 Ok(_) => {}
-                Err((side, error)) => {
-                    self.a.abort(&error);
-                    self.b.abort(&error);
-                    self.outcome = Some(Outcome::Failed { side, error });
-                }
+                Err((side, error)) => self.fail(side, error),
             }
         }
         // Both pipes get their turn every time, so one cannot starve the other.

@@ -116,9 +116,8 @@ impl<T: Task> Reactor<T> {
 
     /// Makes `slot` run in the next round.
     pub fn wake(&mut self, slot: usize) {
-        if self.tasks.get(slot).is_some_and(|t| t.is_some()) && !self.queued[slot] {
-            self.queued[slot] = true;
-            self.queue.push(slot);
+        if self.tasks.get(slot).is_some_and(|t| t.is_some()) {
+            enqueue(&mut self.queued, &mut self.queue, slot);
         }
     }
 
@@ -170,10 +169,7 @@ impl<T: Task> Reactor<T> {
             // Unknown tokens (a task that just finished) are ignored.
             if let Some(Some(task)) = self.tasks.get_mut(slot) {
                 task.on_ready(token, ready);
-                if !self.queued[slot] {
-                    self.queued[slot] = true;
-                    self.queue.push(slot);
-                }
+                enqueue(&mut self.queued, &mut self.queue, slot);
             }
         }
         Ok(())
@@ -185,9 +181,7 @@ impl<T: Task> Reactor<T> {
         let now = Instant::now();
         if now >= self.next_tick {
             self.next_tick = now + self.tick;
-            for slot in 0..self.tasks.len() {
-                self.wake(slot);
-            }
+            self.wake_all();
         }
         let queue = std::mem::take(&mut self.queue);
         let registry = self.poll.registry();
@@ -201,12 +195,7 @@ impl<T: Task> Reactor<T> {
             };
             match task.run(&mut cx) {
                 TaskStatus::Idle => {}
-                TaskStatus::Again => {
-                    if !self.queued[slot] {
-                        self.queued[slot] = true;
-                        self.queue.push(slot);
-                    }
-                }
+                TaskStatus::Again => enqueue(&mut self.queued, &mut self.queue, slot),
                 TaskStatus::Done => {
                     let mut task = self.tasks[slot].take().expect("present");
                     task.deregister(registry);
@@ -223,5 +212,13 @@ impl<T: Task> Reactor<T> {
         task.deregister(self.poll.registry());
         self.free.push(slot);
         Some(task)
+    }
+}
+
+/// Queues `slot` to run in the next round, once.
+fn enqueue(queued: &mut [bool], queue: &mut Vec<usize>, slot: usize) {
+    if !queued[slot] {
+        queued[slot] = true;
+        queue.push(slot);
     }
 }
