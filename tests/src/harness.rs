@@ -264,16 +264,6 @@ impl Proc {
             .unwrap_or_else(|| panic!("{} has no listening address", self.name))
     }
 
-    /// Standard input, if the command was given a piped one.
-    pub fn stdin(&mut self) -> Option<std::process::ChildStdin> {
-        self.child.stdin.take()
-    }
-
-    /// Standard output, if the command was given a piped one.
-    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
-        self.child.stdout.take()
-    }
-
     /// All log lines so far.
     pub fn lines(&self) -> Vec<String> {
         lock(&self.logs.state).lines.clone()
@@ -323,6 +313,11 @@ impl Proc {
         }
     }
 
+    /// How many log lines so far contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// Waits until `n` log lines contain `needle`; fails the test otherwise.
     pub fn wait_log_count(&mut self, needle: &str, n: usize, timeout: Duration) {
         let mut count = 0;
@@ -331,7 +326,7 @@ impl Proc {
             count >= n
         });
         if found.is_none() {
-            let have = self.lines().iter().filter(|l| l.contains(needle)).count();
+            let have = self.count_log(needle);
             self.fail(&format!(
                 "{have} log lines contain {needle:?}, wanted {n} within {timeout:?}"
             ));
@@ -396,10 +391,7 @@ impl Proc {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| self.fail(&format!("cannot read {path}: {e}")));
         let field = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {path}"))
+            status_field_kib(&text, name).unwrap_or_else(|| panic!("no {name} in {path}"))
         };
         Memory {
             rss_kib: field("VmRSS:"),
@@ -533,9 +525,23 @@ pub fn start_client(
     extra: &[&str],
     log: &str,
 ) -> Proc {
+    let server = server.to_string();
+    start_client_on(auth, "127.0.0.1:0", &server, stripes, extra, log)
+}
+
+/// Starts `stripe-client` listening on `listen`, with `server` as given
+/// (a host name, an address).
+pub fn start_client_on(
+    auth: &(impl Auth + ?Sized),
+    listen: &str,
+    server: &str,
+    stripes: u8,
+    extra: &[&str],
+    log: &str,
+) -> Proc {
     let role = [
         "--listen".to_string(),
-        "127.0.0.1:0".to_string(),
+        listen.to_string(),
         "--server".to_string(),
         server.to_string(),
         "--stripes".to_string(),
@@ -601,6 +607,28 @@ impl Tunnel {
         self.server.assert_healthy();
         self.client.assert_healthy();
     }
+}
+
+/// Whether an application saw its connection reset: its write failed, or
+/// its reading ended, with a reset (or a broken pipe).
+pub fn saw_reset<T>(write: &io::Result<T>, read_end: Option<io::ErrorKind>) -> bool {
+    use io::ErrorKind as K;
+    let reset = |k: K| matches!(k, K::ConnectionReset | K::BrokenPipe);
+    write.as_ref().is_err_and(|e| reset(e.kind())) || read_end.is_some_and(reset)
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of a `/proc/PID/status` text.
+pub fn status_field_kib(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A process's resident memory now, in KiB (None once it has exited).
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&text, "VmRSS:")
 }
 
 /// Connects with [`IO_TIMEOUT`] on connect, reads and writes.
@@ -939,11 +967,6 @@ impl<T> Pending<T> {
             Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{} panicked", self.name),
         }
     }
-
-    /// The result if the thread has finished.
-    pub fn try_get(&self) -> Option<T> {
-        self.rx.try_recv().ok()
-    }
 }
 
 /// A one-shot latch threads can wait on with a timeout.
@@ -1262,44 +1285,49 @@ pub fn reset_after(mut s: TcpStream, n: u64) -> ConnReport {
 pub struct Closed {
     /// Bytes read before the end.
     pub bytes: u64,
-    /// EOF, or the error kind; `TimedOut`/`WouldBlock` if it did not end.
+    /// EOF, or the error kind; `TimedOut` if it did not end.
     pub how: Result<(), io::ErrorKind>,
     pub at: Instant,
 }
 
-/// Reads (and discards) until EOF, an error, or `limit` elapsed.
-pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Closed {
+/// Reads until EOF, an error, or `limit` elapsed, handing what arrives to
+/// `on_data`; returns how the stream ended: EOF, the error (a reset), or
+/// `TimedOut` (also when the socket's read timeout fires first).
+fn read_until_end(
+    s: &mut TcpStream,
+    limit: Duration,
+    buf: &mut [u8],
+    mut on_data: impl FnMut(&[u8]),
+) -> Result<(), io::ErrorKind> {
     let deadline = Instant::now() + limit;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut bytes = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Closed {
-                bytes,
-                how: Err(io::ErrorKind::TimedOut),
-                at: Instant::now(),
-            };
+            return Err(io::ErrorKind::TimedOut);
         }
         s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => {
-                return Closed {
-                    bytes,
-                    how: Ok(()),
-                    at: Instant::now(),
-                };
-            }
-            Ok(n) => bytes += n as u64,
+        match s.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => on_data(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Closed {
-                    bytes,
-                    how: Err(e.kind()),
-                    at: Instant::now(),
-                };
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut);
             }
+            Err(e) => return Err(e.kind()),
         }
+    }
+}
+
+/// Reads (and discards) until EOF, an error, or `limit` elapsed.
+pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Closed {
+    let mut bytes = 0;
+    let how = read_until_end(s, limit, &mut vec![0u8; 64 * 1024], |d| {
+        bytes += d.len() as u64
+    });
+    Closed {
+        bytes,
+        how,
+        at: Instant::now(),
     }
 }
 
@@ -1307,25 +1335,9 @@ pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Closed {
 /// a peer's short answers: a handshake, a final frame). Returns them and
 /// how the stream ended: EOF, the error (a reset), or `TimedOut`.
 pub fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Result<(), io::ErrorKind>) {
-    let deadline = Instant::now() + limit;
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (got, Err(io::ErrorKind::TimedOut));
-        }
-        s.set_read_timeout(Some(left)).unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return (got, Ok(())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return (got, Err(io::ErrorKind::TimedOut));
-            }
-            Err(e) => return (got, Err(e.kind())),
-        }
-    }
+    let how = read_until_end(s, limit, &mut [0u8; 4096], |d| got.extend_from_slice(d));
+    (got, how)
 }
 
 /// What an application saw of a session the tunnel failed: see
@@ -1383,7 +1395,6 @@ pub struct HeldSession {
     pattern: Pattern,
     len: u64,
     gate: Arc<Gate>,
-    sent: Arc<AtomicU64>,
     echoed: Arc<AtomicU64>,
     writer: Pending<io::Result<Digest>>,
     reader: Pending<Received>,
@@ -1401,7 +1412,7 @@ impl HeldSession {
         rate: Option<u64>,
     ) -> HeldSession {
         let gate = Arc::new(Gate::default());
-        let (sent, echoed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let echoed = Arc::new(AtomicU64::new(0));
         let mut w = Held {
             inner: stream.try_clone().expect("clone socket"),
             gate: gate.clone(),
@@ -1410,9 +1421,9 @@ impl HeldSession {
             written: 0,
             started: Instant::now(),
         };
-        let (pat, progress) = (pattern.clone(), sent.clone());
+        let pat = pattern.clone();
         let writer = background("held-writer", move || {
-            let r = send(&mut w, &pat, len, Some(&progress));
+            let r = send(&mut w, &pat, len, None);
             let _ = w.inner.shutdown(Shutdown::Write);
             r
         });
@@ -1425,16 +1436,10 @@ impl HeldSession {
             pattern,
             len,
             gate,
-            sent,
             echoed,
             writer,
             reader,
         }
-    }
-
-    /// Bytes the writer has handed to the socket so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
     }
 
     /// Bytes echoed back so far (checked as they arrived).

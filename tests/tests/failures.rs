@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
-    self, AppClosed, Closed, KeyFile, Pattern, Proc, Target, Tunnel, assert_closed_promptly,
+    self, AppClosed, KeyFile, Pattern, Proc, Target, Tunnel, assert_closed_promptly,
     assert_echo_session, dead_addr, echo, read_until_closed, reset_after, send,
 };
 
@@ -37,11 +37,6 @@ const AFTER: u64 = 4 << 20;
 /// stream cannot pass for a complete one. Reading and writing share one
 /// socket, and the kernel reports a reset to only the first call that
 /// looks, so either may be the one that saw it.
-fn saw_reset(write: &std::io::Result<impl std::fmt::Debug>, closed: &Closed) -> bool {
-    let reset = |k: ErrorKind| matches!(k, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-    write.as_ref().is_err_and(|e| reset(e.kind())) || closed.how.is_err_and(reset)
-}
-
 /// The "session ... closed" line of `p`, which carries the cause.
 fn close_line(p: &mut Proc) -> String {
     p.wait_log(" closed after ", Duration::from_secs(10))
@@ -54,7 +49,7 @@ fn close_line(p: &mut Proc) -> String {
 fn assert_reset_promptly(addr: SocketAddr) -> AppClosed {
     let app = assert_closed_promptly(addr, b"hello?", PROMPT);
     assert!(
-        saw_reset(&app.wrote, &app.closed),
+        harness::saw_reset(&app.wrote, app.closed.how.err()),
         "the application saw a reset, not a clean close: write {:?}, read {:?}",
         app.wrote,
         app.closed
@@ -152,7 +147,7 @@ fn target_resets_mid_stream() {
     );
     let sent = writer.wait(Duration::from_secs(10));
     assert!(
-        saw_reset(&sent, &closed),
+        harness::saw_reset(&sent, closed.how.err()),
         "the application saw a reset, not a clean close: send {sent:?}, read {closed:?}"
     );
 
@@ -202,7 +197,7 @@ fn sigterm_aborts_sessions_and_exits_cleanly() {
         "application left open"
     );
     assert!(
-        saw_reset(&Ok::<(), std::io::Error>(()), &closed),
+        harness::saw_reset(&Ok::<(), std::io::Error>(()), closed.how.err()),
         "the application saw a reset, not a clean close: {closed:?}"
     );
     tunnel

@@ -34,7 +34,8 @@ use pipes::proto::session::reset;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use striper_tests::harness::{
-    self, HeldSession, KeyFile, Pattern, Proc, Target, echo, read_to_close,
+    self, HeldSession, KeyFile, Pattern, Proc, Target, echo, read_to_close, start_client,
+    start_server, vm_rss_kib,
 };
 
 const MIB: u64 = 1 << 20;
@@ -104,13 +105,6 @@ impl RssSampler {
             self.samples.load(Ordering::SeqCst),
         )
     }
-}
-
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn mib(kib: u64) -> f64 {
@@ -455,15 +449,7 @@ fn hostile_storm_during_a_real_session() {
         !log.contains("--max-pending"),
         "the storm was sized to stay under --max-pending; the server says otherwise:\n{log}"
     );
-    assert_eq!(
-        server
-            .lines()
-            .iter()
-            .filter(|l| l.contains(" opened: "))
-            .count(),
-        2,
-        "sessions opened"
-    );
+    assert_eq!(server.count_log(" opened: "), 2, "sessions opened");
 
     assert!(
         peak_kib < RSS_BOUND_MIB * 1024 && after.peak_kib < RSS_BOUND_MIB * 1024,
@@ -671,34 +657,10 @@ fn cases() -> Vec<Case> {
 fn malformed_frames_end_only_their_session() {
     let started = Instant::now();
     let target = Target::start(echo);
-    let insecure = [
-        "--insecure-no-auth".to_string(),
-        "--window".into(),
-        "1M".into(),
-    ];
-    let mut server = Proc::spawn_listening(
-        "stripe-server",
-        "stripe-server",
-        &[
-            &["--listen".to_string(), "127.0.0.1:0".into()][..],
-            &["--target".to_string(), target.addr().to_string()],
-            &insecure,
-        ]
-        .concat(),
-        "info",
-    );
-    let mut client = Proc::spawn_listening(
-        "stripe-client",
-        "stripe-client",
-        &[
-            &["--listen".to_string(), "127.0.0.1:0".into()][..],
-            &["--server".to_string(), server.addr().to_string()],
-            &["--stripes".to_string(), "3".into()],
-            &insecure,
-        ]
-        .concat(),
-        "info",
-    );
+    let insecure = ["--insecure-no-auth".to_string()];
+    let window = ["--window", "1M"];
+    let mut server = start_server(&insecure[..], target.addr(), &window, "info");
+    let mut client = start_client(&insecure[..], server.addr(), 3, &window, "info");
 
     // A genuine session, moving data (paced) while the forged ones fail.
     let session = HeldSession::start(

@@ -31,7 +31,7 @@
 //! survived, and the counts on both ends' close lines.
 
 use std::fs::File;
-use std::io::{self, ErrorKind};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -365,10 +365,6 @@ fn close_line(p: &mut Proc) -> String {
     p.wait_log(" closed after ", LOG_TIMEOUT)
 }
 
-fn count(p: &Proc, needle: &str) -> usize {
-    p.lines().iter().filter(|l| l.contains(needle)).count()
-}
-
 /// Waits for a clean end on both sides and checks the fault counts on both
 /// close lines: `lost` and `redialed` exactly on the client; on the server
 /// the same number of re-dialed stripes and at least as many lost (a
@@ -619,11 +615,6 @@ fn outage_of_10s_is_survived() {
 /// Whether an application saw its connection reset rather than closed
 /// cleanly. Reading and writing share one socket and the kernel reports a
 /// reset to only the first call that looks, so either may have seen it.
-fn saw_reset(sent: &io::Result<Digest>, got: &Received) -> bool {
-    let reset = |k: ErrorKind| matches!(k, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-    sent.as_ref().is_err_and(|e| reset(e.kind())) || got.error.is_some_and(reset)
-}
-
 /// (6) An outage (8 s) longer than the stripe timeout (2 s) plus the resume
 /// timeout (3 s): both ends give up on the session, reset both application
 /// connections with the reason logged, within a bound; what each side got
@@ -682,11 +673,11 @@ fn outage_past_resume_timeout_closes_both_ends() {
         None => Ok(report.sent.unwrap_or_default()),
     };
     assert!(
-        saw_reset(&sent, &got),
+        harness::saw_reset(&sent, got.error),
         "the application saw a reset: send {sent:?}, read {got:?}"
     );
     assert!(
-        saw_reset(&target_sent, &at_target),
+        harness::saw_reset(&target_sent, at_target.error),
         "the target saw a reset: send {target_sent:?}, read {at_target:?}"
     );
     // What arrived before is an intact prefix.
@@ -842,7 +833,7 @@ fn ssh_session_survives_outage_and_resets() {
         "{STRIPES} live stripe flows after the outage: {:?}",
         rig.emu.connections()
     );
-    let rejoined = count(&rig.tunnel.client, " re-joined (");
+    let rejoined = rig.tunnel.client.count_log(" re-joined (");
     for (k, &id) in stripes.iter().enumerate() {
         if k > 0 {
             // Spacing the faults, not synchronisation.
@@ -880,12 +871,12 @@ fn ssh_session_survives_outage_and_resets() {
         close_line(&mut rig.tunnel.server),
     );
     assert_eq!(
-        count(&rig.tunnel.client, " opened: "),
+        rig.tunnel.client.count_log(" opened: "),
         1,
         "one session on the client"
     );
     assert_eq!(
-        count(&rig.tunnel.server, " opened: "),
+        rig.tunnel.server.count_log(" opened: "),
         1,
         "one session on the server"
     );

@@ -157,10 +157,6 @@ fn refusal_line(server: &mut Proc, peer: SocketAddr, class: &str) -> String {
     server.wait_log(&needle, LOG_WAIT)
 }
 
-fn count_lines(p: &Proc, needle: &str) -> usize {
-    p.lines().iter().filter(|l| l.contains(needle)).count()
-}
-
 /// Fails if anything was accepted by the target, after giving a stray
 /// connection time to arrive.
 #[track_caller]
@@ -362,7 +358,7 @@ fn assert_genuine_intact(t: &mut PathTunnel, session: HeldSession, stripes: u8, 
         );
     }
     assert_eq!(
-        count_lines(&t.server, " opened: "),
+        t.server.count_log(" opened: "),
         1,
         "{what}: the server opened exactly one session"
     );
@@ -411,7 +407,7 @@ impl RefusedClient {
     #[track_caller]
     fn assert_no_session(&mut self, what: &str, close: &str, refused: &str) {
         assert_eq!(
-            count_lines(&self.server, " opened: "),
+            self.server.count_log(" opened: "),
             0,
             "the server opened no session"
         );
@@ -579,7 +575,7 @@ fn replayed_handshake_is_refused() {
     eprintln!("replay after the session ended: {line}");
     assert_target_untouched(&t.target, 1);
     assert_eq!(
-        count_lines(&t.server, " opened: "),
+        t.server.count_log(" opened: "),
         1,
         "no session but the genuine one was opened"
     );
@@ -596,7 +592,7 @@ fn replayed_handshake_is_refused() {
     let line = refusal_line(&mut fresh, peer, "failed authentication");
     eprintln!("replay to a restarted server: {line}");
     assert_target_untouched(&t.target, 1);
-    assert_eq!(count_lines(&fresh, " opened: "), 0, "no session opened");
+    assert_eq!(fresh.count_log(" opened: "), 0, "no session opened");
     fresh.assert_healthy();
 }
 

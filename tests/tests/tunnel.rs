@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
     self, ConnReport, KeyFile, Pattern, Proc, Target, Tunnel, echo, exchange, exchange_on, receive,
-    send, start_server, start_server_on,
+    send, start_client_on, start_server, start_server_on,
 };
 use striper_tests::linkemu::{LinkConfig, LinkEmu, Shape};
 
@@ -351,12 +351,8 @@ fn ipv6_addresses_and_host_names() {
         let target = exchanging_target(v6, 70, 4 * MIB);
         let key = KeyFile::generate();
         let mut server = start_server_on(&key, v6, target.addr(), &[], "info");
-        let mut args: Vec<String> = ["--listen", "[::1]:0", "--server"]
-            .map(String::from)
-            .to_vec();
-        args.push(server.addr().to_string());
-        args.extend(key.args());
-        let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+        let server_addr = server.addr().to_string();
+        let mut client = start_client_on(&key, "[::1]:0", &server_addr, 4, &[], "info");
         assert!(server.addr().is_ipv6() && client.addr().is_ipv6());
         exchange_through(client.addr(), &target, 70, 4 * MIB);
         let closed = server.wait_log("both sides closed", Duration::from_secs(10));
@@ -371,12 +367,8 @@ fn ipv6_addresses_and_host_names() {
     let target = exchanging_target("127.0.0.1:0".parse().unwrap(), 72, 4 * MIB);
     let key = KeyFile::generate();
     let mut server = start_server(&key, target.addr(), &[], "info");
-    let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--server"]
-        .map(String::from)
-        .to_vec();
-    args.push(format!("localhost:{}", server.addr().port()));
-    args.extend(key.args());
-    let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+    let by_name = format!("localhost:{}", server.addr().port());
+    let mut client = start_client_on(&key, "127.0.0.1:0", &by_name, 4, &[], "info");
     exchange_through(client.addr(), &target, 72, 4 * MIB);
     client.wait_log("both sides closed", Duration::from_secs(10));
     client.assert_healthy();
