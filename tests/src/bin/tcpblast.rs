@@ -41,7 +41,7 @@ enum Cmd {
         #[arg(long)]
         connect: String,
         /// Bytes to send (suffixes K, M, G).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = striper_core::config::parse_size)]
         bytes: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -62,18 +62,6 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         count: usize,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (n, m) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    n.parse::<u64>()
-        .map(|v| v * m)
-        .map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// xorshift64*: fast, deterministic, good enough to defeat compression and
@@ -163,12 +151,17 @@ fn serve(listen: &str, count: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn send(addr: &str, bytes: u64, seed: u64, timeout: Duration) -> io::Result<()> {
+/// Connects to the first address `addr` resolves to, within 10 s.
+fn dial(addr: &str) -> io::Result<TcpStream> {
     let addr = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+}
+
+fn send(addr: &str, bytes: u64, seed: u64, timeout: Duration) -> io::Result<()> {
+    let mut c = dial(addr)?;
     c.set_write_timeout(Some(timeout))?;
     c.set_read_timeout(Some(timeout))?;
     let mut stream = Stream(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -216,11 +209,7 @@ fn echo(listen: &str) -> io::Result<()> {
 }
 
 fn ping(addr: &str, count: usize) -> io::Result<()> {
-    let addr = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    let mut c = dial(addr)?;
     c.set_nodelay(true)?;
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut rtts = Vec::with_capacity(count);
