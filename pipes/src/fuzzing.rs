@@ -874,6 +874,18 @@ impl Sim {
 
     // ---- application ----
 
+    /// Acknowledged bytes that half-written frames (not yet copied out)
+    /// still keep in the send buffer.
+    fn held(&self) -> u64 {
+        self.partial
+            .iter()
+            .flatten()
+            .filter(|p| p.detached.is_none())
+            .map(|p| self.acked.saturating_sub(p.offset))
+            .max()
+            .unwrap_or(0)
+    }
+
     fn app_write(&mut self, len: usize) {
         let window_room = (self.acked + self.peer_window).saturating_sub(self.written);
         let unsent_room = self
@@ -881,14 +893,8 @@ impl Sim {
             .saturating_sub(self.written - self.sent_end);
         // Acknowledged bytes a half-written frame still pins count against
         // the session's allowance beyond the window.
-        let send_base = self
-            .partial
-            .iter()
-            .flatten()
-            .filter(|p| p.detached.is_none())
-            .map(|p| p.offset)
-            .fold(self.acked, u64::min);
-        let held = self.acked - send_base;
+        let held = self.held();
+        let send_base = self.acked - held;
         let pin_room =
             (self.peer_window + held.min(PIN_ALLOWANCE)).saturating_sub(self.written - send_base);
         let expect = if self.fin_out.is_some() || self.aborted.is_some() {
@@ -1059,10 +1065,7 @@ impl Sim {
         wire[4..8].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         wire[8..16].copy_from_slice(&value.to_be_bytes());
         wire.extend_from_slice(payload);
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&wire[..16]);
-        crc.update(payload);
-        wire[16..20].copy_from_slice(&crc.finalize().to_be_bytes());
+        fix_crcs(&mut wire);
 
         let f = match decode(&wire, self.recv_cap) {
             Ok(Some((f, n))) => {
@@ -1427,15 +1430,7 @@ impl Sim {
         // frame keeps until the IO side copies it out (`held`), of which
         // the session allows at most PIN_ALLOWANCE. So whatever the peer
         // and the stripes do, under 2 x (window + 1 MiB) each.
-        let held = self
-            .partial
-            .iter()
-            .flatten()
-            .filter(|p| p.detached.is_none())
-            .map(|p| self.acked.saturating_sub(p.offset))
-            .max()
-            .unwrap_or(0);
-        self.max_held = self.max_held.max(held);
+        self.max_held = self.max_held.max(self.held());
         let bound = |w: u64| (w.next_power_of_two()).max(4096) as usize;
         let cap = self.s.buffer_capacity();
         let extra = self.max_held.min(PIN_ALLOWANCE);
