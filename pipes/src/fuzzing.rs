@@ -384,7 +384,10 @@ impl Input<'_> {
     }
 }
 
-/// A set of byte ranges, merged when they overlap or touch.
+/// A set of byte ranges, merged when they overlap or touch. The merge is
+/// written again here rather than shared with the session's: this is the
+/// model that checks the session, and a bug in a shared merge would agree
+/// with itself.
 #[derive(Default, Debug)]
 struct Ranges(BTreeMap<u64, u64>);
 
