@@ -10,8 +10,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v ssh >/dev/null || need+=(openssh-client)
-command -v ssh-keygen >/dev/null || need+=(openssh-client)
+{ command -v ssh && command -v ssh-keygen; } >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "== installing ${need[*]} (the ssh end-to-end test needs them)"
