@@ -38,6 +38,7 @@ use crate::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
     Status, short_id,
 };
+use crate::proto::queue::{QueueBounds, QueueLimit};
 use crate::proto::session::{Session, SessionConfig, SessionError, reset};
 use crate::sys;
 use crate::tcp::TcpPipe;
@@ -56,8 +57,10 @@ const REDIAL_MAX: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct StripedConfig {
     pub session: SessionConfig,
-    /// TCP_NOTSENT_LOWAT of every stripe socket.
-    pub notsent_lowat: u32,
+    /// Unsent bytes a stripe socket may hold (TCP_NOTSENT_LOWAT).
+    pub unsent: UnsentLimit,
+    /// Congestion control of the stripe sockets; `None`: the system's.
+    pub congestion: Option<String>,
     /// How long a stripe may take to connect.
     pub connect_timeout: Duration,
     /// How long a finished or aborted session waits for the peer to close.
@@ -75,12 +78,31 @@ impl Default for StripedConfig {
     fn default() -> Self {
         StripedConfig {
             session: SessionConfig::default(),
-            notsent_lowat: 64 * 1024,
+            unsent: UnsentLimit::Auto(QueueBounds::default()),
+            congestion: None,
             connect_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(5),
             idle_release: Duration::from_secs(2),
             resume_timeout: Duration::from_secs(60),
             key: None,
+        }
+    }
+}
+
+/// How each stripe's unsent limit is set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnsentLimit {
+    /// Follows the stripe's rate x round trip (see [`crate::proto::queue`]).
+    Auto(QueueBounds),
+    /// The same for every stripe, whatever its path.
+    Fixed(u32),
+}
+
+impl UnsentLimit {
+    fn initial(&self) -> u32 {
+        match *self {
+            UnsentLimit::Auto(b) => b.floor,
+            UnsentLimit::Fixed(n) => n,
         }
     }
 }
@@ -105,6 +127,8 @@ struct Stripe {
     /// When the stripe entered its state (for the handshake timeout).
     since: Option<Instant>,
     last_rtt: Option<Instant>,
+    /// The unsent limit this stripe's socket has, and how it moves.
+    queue: QueueLimit,
     /// Client: the hello this stripe sent, for the proofs' transcript.
     hello: Option<[u8; CLIENT_HELLO_LEN]>,
     /// Client: whether the hello was a JOIN (a refusal then ends the session).
@@ -275,12 +299,13 @@ impl StripedPipe {
         }
         tcp.register_token(registry, span.token(i))
             .map_err(|e| PipeError::io("stripe", &e))?;
-        let _ = sys::set_notsent_lowat(tcp.raw_fd(), self.cfg.notsent_lowat);
+        self.tune_socket(tcp.raw_fd());
         self.stripes[i] = Some(Stripe {
             framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
             state: StripeState::Up,
             since: Some(now),
             last_rtt: None,
+            queue: self.new_queue_limit(),
             hello: None,
             join: false,
         });
@@ -340,9 +365,25 @@ impl StripedPipe {
             state: StripeState::Connecting,
             since: None,
             last_rtt: None,
+            queue: self.new_queue_limit(),
             hello: None,
             join,
         })
+    }
+
+    fn new_queue_limit(&self) -> QueueLimit {
+        match self.cfg.unsent {
+            UnsentLimit::Auto(b) => QueueLimit::new(b),
+            UnsentLimit::Fixed(n) => QueueLimit::new(QueueBounds {
+                floor: n,
+                ceiling: n,
+                gain: 0.0,
+            }),
+        }
+    }
+
+    fn tune_socket(&self, fd: std::os::fd::RawFd) {
+        tune_socket(&self.cfg, &self.label, fd);
     }
 
     /// Drops stripe `i` after `err`; the session goes on with the others,
@@ -451,7 +492,7 @@ impl StripedPipe {
                     return Ok(());
                 }
                 let fd = s.framed.inner().raw_fd();
-                let _ = sys::set_notsent_lowat(fd, self.cfg.notsent_lowat);
+                tune_socket(&self.cfg, &self.label, fd);
                 let join = s.join && self.established;
                 let hello = self.client_hello(i, join).encode();
                 let s = self.stripes[i].as_mut().expect("present");
@@ -662,15 +703,20 @@ impl StripedPipe {
             let fd = tcp.raw_fd();
             let Ok(q) = sys::outq(fd) else { continue };
             let delivered = tcp.bytes_written().saturating_sub(q);
-            let rtt = if s
-                .last_rtt
+            let mut rtt = None;
+            if s.last_rtt
                 .is_none_or(|t| now.duration_since(t) >= RTT_INTERVAL)
             {
                 s.last_rtt = Some(now);
-                sys::tcp_rtt(fd).ok()
-            } else {
-                None
-            };
+                if let Ok(path) = sys::tcp_path(fd) {
+                    rtt = Some(path.rtt);
+                    if matches!(self.cfg.unsent, UnsentLimit::Auto(_))
+                        && let Some(limit) = s.queue.on_sample(path)
+                    {
+                        let _ = sys::set_notsent_lowat(fd, limit);
+                    }
+                }
+            }
             self.session.update_stripe(i, now, q, delivered, rtt);
         }
     }
@@ -847,8 +893,13 @@ impl StripedPipe {
             s.unsent() >> 10,
             s.recv_backlog() >> 10,
         );
-        for i in 0..self.stripes.len() {
-            debug!("{}:   stripe {i}: {}", self.label, s.describe_stripe(i));
+        for (i, st) in self.stripes.iter().enumerate() {
+            let limit = st.as_ref().map_or(0, |st| st.queue.get() >> 10);
+            debug!(
+                "{}:   stripe {i}: {}, unsent limit {limit} KiB",
+                self.label,
+                s.describe_stripe(i)
+            );
         }
     }
 
@@ -860,6 +911,20 @@ impl StripedPipe {
                 s.framed.inner_mut().release_idle();
             }
         }
+    }
+}
+
+/// A new stripe socket's options: the first unsent limit and the congestion
+/// control. Failures only cost speed, and the algorithm was checked at
+/// start, so they are logged at debug level.
+fn tune_socket(cfg: &StripedConfig, label: &str, fd: std::os::fd::RawFd) {
+    if let Err(e) = sys::set_notsent_lowat(fd, cfg.unsent.initial()) {
+        debug!("{label}: TCP_NOTSENT_LOWAT: {e}");
+    }
+    if let Some(cc) = &cfg.congestion
+        && let Err(e) = sys::set_congestion(fd, cc)
+    {
+        debug!("{label}: TCP_CONGESTION {cc}: {e}");
     }
 }
 

@@ -1,8 +1,10 @@
 //! The few socket calls the standard library and socket2 do not offer.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
+
+use crate::proto::queue::PathSample;
 
 /// Bytes in the socket's send queue: unsent plus sent-but-unacknowledged
 /// (SIOCOUTQ, which is TIOCOUTQ for TCP sockets).
@@ -16,8 +18,8 @@ pub fn outq(fd: RawFd) -> io::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
-/// The kernel's smoothed round-trip time of a TCP socket.
-pub fn tcp_rtt(fd: RawFd) -> io::Result<Duration> {
+/// What `TCP_INFO` says about a TCP socket's path.
+pub fn tcp_path(fd: RawFd) -> io::Result<PathSample> {
     // SAFETY: tcp_info is plain old data; zeroed is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -34,7 +36,51 @@ pub fn tcp_rtt(fd: RawFd) -> io::Result<Duration> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Duration::from_micros(info.tcpi_rtt as u64))
+    // Older kernels fill less of the struct; what they leave out stays 0.
+    Ok(PathSample {
+        rtt: Duration::from_micros(info.tcpi_rtt as u64),
+        delivery_rate: info.tcpi_delivery_rate as f64,
+        // u64::MAX: no pacing rate set (the kernel's "unlimited").
+        pacing_rate: if info.tcpi_pacing_rate == u64::MAX {
+            0.0
+        } else {
+            info.tcpi_pacing_rate as f64
+        },
+    })
+}
+
+/// Sets the socket's congestion control algorithm (`TCP_CONGESTION`).
+pub fn set_congestion(fd: RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: we pass a pointer to the name's bytes and their length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a TCP socket of this process may use congestion control `name`:
+/// tried on a throw-away socket, so the answer includes permissions (an
+/// algorithm outside `net.ipv4.tcp_allowed_congestion_control` needs
+/// CAP_NET_ADMIN) and module loading.
+pub fn congestion_usable(name: &str) -> io::Result<()> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    set_congestion(sock.as_raw_fd(), name)
+}
+
+/// The system's default congestion control, for the log.
+pub fn default_congestion() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// Caps how many unsent bytes the kernel holds before it reports the socket

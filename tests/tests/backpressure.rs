@@ -42,6 +42,9 @@ const STALL_BOUND: u64 = 64 * MIB;
 /// 2.5 times that; a process holding the backlog would pass it after 3% of
 /// the 1 GiB.
 const RSS_BOUND_MIB: u64 = 32;
+/// The window these bounds are computed for (the default is larger, for
+/// long paths; the bounds scale with it).
+const WINDOW: &[&str] = &["--window", "8M"];
 /// Bound on moving the whole 1 GiB once reading resumes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -97,7 +100,7 @@ fn application_not_reading() {
         report.received = Some(receive(&mut s, None));
         report
     });
-    let mut tunnel = Tunnel::start(target.addr(), 4);
+    let mut tunnel = Tunnel::start_with(target.addr(), 4, WINDOW, "info");
     let mut app = tunnel.connect();
 
     measure_stall("target -> idle application", &pushed, &mut tunnel);
@@ -145,7 +148,7 @@ fn target_not_reading() {
         }
         report
     });
-    let mut tunnel = Tunnel::start(target.addr(), 4);
+    let mut tunnel = Tunnel::start_with(target.addr(), 4, WINDOW, "info");
     let app = tunnel.connect();
 
     let pushed = Arc::new(AtomicU64::new(0));

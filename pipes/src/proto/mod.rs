@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod frame;
 pub mod handshake;
+pub mod queue;
 pub mod reassembly;
 pub mod ring;
 pub mod scheduler;

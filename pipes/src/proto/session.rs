@@ -56,7 +56,7 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            window: 8 << 20,
+            window: 32 << 20,
             max_payload: 256 << 10,
             frame_size: 32 << 10,
             unsent_limit: 64 << 10,
