@@ -338,6 +338,75 @@ fn through_per_flow_caps() {
     tunnel.assert_healthy();
 }
 
+/// A long round trip: 8 stripes capped at 20 Mbit/s each, 250 ms each way
+/// (500 ms round trip, more than most real paths). The bytes in flight
+/// between the applications (8 x 2.5 MB/s x 0.5 s = 10 MB, plus queues)
+/// must fit the session's window, and every stripe must be kept fed. The
+/// stripes' handshakes take a round trip before data flows, and the last
+/// byte half of one after it is sent; over the rest, 48 MiB must move at
+/// 0.8 of the caps (measured: 0.92). A window of 8 MiB, the old default,
+/// holds the session to about 0.8 at best.
+#[test]
+fn long_round_trip_keeps_every_stripe_at_its_cap() {
+    const STRIPES: usize = 8;
+    const LEN: u64 = 48 * MIB;
+    const CAP_MBIT: f64 = 20.0;
+    const DELAY_MS: u64 = 250;
+    let (up, none) = (Pattern::new(310), Pattern::new(311));
+    let (u, n) = (up.clone(), none.clone());
+    let target = Target::start(move |_, s| exchange(s, &u, &n, 0, false));
+    let key = KeyFile::generate();
+    let server = harness::start_server(&key, target.addr(), &[], "info");
+    let emu = LinkEmu::start(
+        LinkConfig::new("127.0.0.1:0".parse().unwrap(), server.addr())
+            .with_shape(Shape::rate(CAP_MBIT).with_delay_ms(DELAY_MS)),
+    )
+    .expect("start the link emulator");
+    let client = harness::start_client(&key, emu.local_addr(), STRIPES as u8, &[], "info");
+    let mut tunnel = Tunnel {
+        client,
+        server,
+        key,
+    };
+
+    let stream = tunnel.connect();
+    assert!(
+        emu.wait_for_connections(STRIPES, Duration::from_secs(10)),
+        "all stripes connect through the emulator: {:?}",
+        emu.connections()
+    );
+    let started = Instant::now();
+    let u = up.clone();
+    let app = harness::background("app", move || exchange_on(stream, &u, LEN, None));
+    let report: ConnReport = target.wait_reports(1, TRANSFER_TIMEOUT).remove(0);
+    let elapsed = started.elapsed();
+    let (sent, _) = app.wait(TRANSFER_TIMEOUT);
+    report.received.as_ref().unwrap().assert_intact(
+        "up",
+        sent.expect("application sends everything"),
+        &up,
+        LEN,
+    );
+
+    let moving = elapsed.as_secs_f64() - 3.0 * DELAY_MS as f64 / 1e3;
+    let mbit = LEN as f64 * 8.0 / moving / 1e6;
+    let caps = STRIPES as f64 * CAP_MBIT;
+    let per_flow: Vec<u64> = emu.connections().iter().map(|c| c.bytes_up >> 20).collect();
+    eprintln!(
+        "{STRIPES} x {CAP_MBIT} Mbit/s, {DELAY_MS} ms each way: {} MiB in {:.2} s, {mbit:.1} Mbit/s \
+         after the handshake ({:.2} of the caps); MiB per stripe: {per_flow:?}",
+        LEN / MIB,
+        elapsed.as_secs_f64(),
+        mbit / caps
+    );
+    assert!(
+        mbit >= 0.8 * caps,
+        "{mbit:.1} Mbit/s through {STRIPES} stripes of {CAP_MBIT} Mbit/s with a {} ms round trip",
+        2 * DELAY_MS
+    );
+    tunnel.assert_healthy();
+}
+
 /// IPv6 literals on every side (the client's listening address, the server
 /// and the target), and a host name for the server: `localhost` may
 /// resolve to ::1 before 127.0.0.1, and the client must then move on to
