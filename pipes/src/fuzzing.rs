@@ -682,7 +682,8 @@ impl Sim {
                     None => step,
                 };
                 let rtt = (rtt > 0).then(|| Duration::from_millis(rtt as u64));
-                self.s.update_stripe(i, self.now, queued, delivered, rtt);
+                self.s
+                    .update_stripe(i, self.now, (queued, queued / 2), delivered, rtt);
             }
             4 => {
                 let a = input.u8()? as usize;
@@ -1485,7 +1486,7 @@ impl Sim {
                 self.s.set_stripe_writable(i, true);
                 self.writable[i] = true;
                 self.s
-                    .update_stripe(i, self.now, 0, self.kernel_delivered[i], None);
+                    .update_stripe(i, self.now, (0, 0), self.kernel_delivered[i], None);
             }
         }
         for _round in 0..10_000 {

@@ -702,6 +702,7 @@ impl StripedPipe {
             let tcp = s.framed.inner();
             let fd = tcp.raw_fd();
             let Ok(q) = sys::outq(fd) else { continue };
+            let unsent = sys::outq_unsent(fd).unwrap_or(q);
             let delivered = tcp.bytes_written().saturating_sub(q);
             let mut rtt = None;
             if s.last_rtt
@@ -717,7 +718,8 @@ impl StripedPipe {
                     }
                 }
             }
-            self.session.update_stripe(i, now, q, delivered, rtt);
+            self.session
+                .update_stripe(i, now, (q, unsent), delivered, rtt);
         }
     }
 

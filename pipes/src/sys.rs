@@ -18,6 +18,17 @@ pub fn outq(fd: RawFd) -> io::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// Bytes in the socket's send queue not sent yet (SIOCOUTQNSD).
+pub fn outq_unsent(fd: RawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one c_int through the pointer we pass.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD as _, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
 /// What `TCP_INFO` says about a TCP socket's path.
 pub fn tcp_path(fd: RawFd) -> io::Result<PathSample> {
     // SAFETY: tcp_info is plain old data; zeroed is a valid value.

@@ -111,8 +111,13 @@ impl End {
         }
         for (i, l) in self.tx.iter().enumerate() {
             if l.alive {
-                self.session
-                    .update_stripe(i, now, l.queued(), l.delivered, Some(l.delay * 2));
+                self.session.update_stripe(
+                    i,
+                    now,
+                    (l.queued(), l.unsent.len() as u64),
+                    l.delivered,
+                    Some(l.delay * 2),
+                );
                 self.session.set_stripe_writable(i, l.writable());
             }
         }
