@@ -14,7 +14,9 @@ use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::short_id;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{bind_first, exit_with, human_bytes, init_logging, resolve};
+use striper_core::config::{
+    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, resolve,
+};
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -105,6 +107,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         return run_stdio(cfg, &server, opts.stripes);
     }
     let listen = opts.listen.expect("clap requires --listen without --stdio");
+    log_fd_limit(opts.stripes as u64, None);
     let addrs = resolve("listen address", &listen)?;
     let mut reactor: Reactor<Tunnel<TcpPipe>> =
         Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;

@@ -54,16 +54,95 @@ pub fn resolve(what: &str, s: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// Listens on the first of `addrs` that can be bound.
+/// Listens on the first of `addrs` that can be bound, with the largest
+/// listen queue the system allows (`net.core.somaxconn`): a burst of new
+/// connections waits there instead of overflowing a queue of 128 (mio's and
+/// std's default) into SYN retransmits, a second each.
 pub fn bind_first(addrs: &[SocketAddr]) -> io::Result<mio::net::TcpListener> {
     let mut last = None;
     for a in addrs {
-        match mio::net::TcpListener::bind(*a) {
+        match bind_one(*a) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    // The kernel caps the backlog at somaxconn without complaint.
+    sock.listen(listen_backlog())?;
+    Ok(mio::net::TcpListener::from_std(sock.into()))
+}
+
+/// `net.core.somaxconn`, or 4096 (its default since Linux 5.4) if unreadable.
+pub fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (every
+/// stripe and every application connection is one) and returns the limit
+/// now in force, with the one found at start.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the pointer we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = r.rlim_cur;
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit through the pointer we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            r.rlim_cur = r.rlim_max;
+        }
+    }
+    Ok((before, r.rlim_cur))
+}
+
+/// Raises the descriptor limit and logs it once, with how many sessions of
+/// `stripes` stripes it holds (each is `stripes` + 1 descriptors). `want`:
+/// sessions the configuration allows, if it caps them; a limit too small
+/// for them is logged as a warning that names the fix.
+pub fn log_fd_limit(stripes: u64, want: Option<u64>) {
+    let per = stripes + 1;
+    // Listeners, the poll instance, standard streams, log and spare.
+    const RESERVED: u64 = 16;
+    match raise_fd_limit() {
+        Ok((before, now)) => {
+            let fits = now.saturating_sub(RESERVED) / per;
+            let raised = if now > before {
+                format!("raised from {before} to {now}")
+            } else {
+                format!("{now}")
+            };
+            match want {
+                Some(w) if w > fits => log::warn!(
+                    "open-file limit {raised}: room for about {fits} sessions of {stripes} \
+                     stripes, fewer than --max-sessions {w}; raise the hard limit (ulimit -Hn, \
+                     LimitNOFILE= in a systemd unit) or lower --max-sessions"
+                ),
+                _ => log::info!(
+                    "open-file limit {raised}: room for about {fits} sessions of {stripes} stripes"
+                ),
+            }
+        }
+        Err(e) => log::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// The exit of a binary: an error is logged and exits with status 2.

@@ -16,7 +16,9 @@ use mio::{Interest, Registry, Token};
 use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{bind_first, exit_with, human_bytes, init_logging, parse_secs, resolve};
+use striper_core::config::{
+    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, parse_secs, resolve,
+};
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -164,6 +166,8 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         opts.target.expect("required"),
     );
     let targets = resolve("target", &target)?;
+    // Sessions of the client's default 4 stripes: the usual case.
+    log_fd_limit(4, Some(opts.max_sessions as u64));
     let listen_addrs = resolve("listen address", &listen)?;
     let mut server = Server {
         reactor: Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?,
