@@ -435,6 +435,7 @@ const MAX_WRITE: usize = 300_000;
 const MAX_TRANSMITS_PER_POLL: usize = 100_000;
 const STRIPE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
+const IDLE_KEEPALIVE: Duration = Duration::from_secs(4);
 
 /// Drives a [`Session`] with the program in `data` and checks it against a
 /// model of what both ends sent after every step.
@@ -521,6 +522,8 @@ struct Sim {
     up: Vec<bool>,
     writable: Vec<bool>,
     last_heard: Vec<Instant>,
+    /// Since when the session has had data in flight, as the model sees it.
+    busy_since: Option<Instant>,
     pong_due: Vec<Option<u64>>,
     kernel_delivered: Vec<u64>,
     /// A DATA frame the stripe's socket took only part of: its bytes must
@@ -586,6 +589,7 @@ impl Sim {
             max_pieces,
             rate_interval: Duration::from_millis(100),
             keepalive: KEEPALIVE,
+            idle_keepalive: IDLE_KEEPALIVE,
             stripe_timeout: STRIPE_TIMEOUT,
         };
         let base = Instant::now();
@@ -603,6 +607,7 @@ impl Sim {
             up: vec![false; n],
             writable: vec![false; n],
             last_heard: vec![base; n],
+            busy_since: None,
             pong_due: vec![None; n],
             kernel_delivered: vec![0; n],
             partial: vec![None; n],
@@ -861,11 +866,25 @@ impl Sim {
     }
 
     fn timeout(&mut self) {
+        // Busy (data or a FIN in flight) is the session's own call; the
+        // model checks what follows from it.
+        let busy = self.s.is_busy();
+        self.busy_since = match (busy, self.busy_since) {
+            (true, None) => Some(self.now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        // Silence before the PING (quick when busy, rare when idle), then
+        // the same grace either way.
+        let probe = if busy { KEEPALIVE } else { IDLE_KEEPALIVE };
+        let limit = probe + (STRIPE_TIMEOUT - KEEPALIVE);
         for _ in 0..=self.n {
             let dead = self.s.handle_timeout(self.now);
             let expect = (0..self.n).find(|&i| {
-                self.up[i]
-                    && self.now.saturating_duration_since(self.last_heard[i]) >= STRIPE_TIMEOUT
+                let from = self
+                    .busy_since
+                    .map_or(self.last_heard[i], |b| b.max(self.last_heard[i]));
+                self.up[i] && self.now.saturating_duration_since(from) >= limit
             });
             assert_eq!(dead, expect, "handle_timeout named the wrong stripe");
             match dead {

@@ -61,6 +61,14 @@ pub struct TuningOpts {
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
     pub keepalive: Duration,
 
+    /// Seconds of silence on a stripe before it is sent a keepalive PING
+    /// while nothing is in flight. Rare probes cost idle sessions nothing;
+    /// 15 s keeps NAT and firewall mappings alive (the shortest common idle
+    /// timeouts for TCP are minutes) and finds a dead idle stripe before
+    /// it is needed, or at once when data starts to flow.
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
+    pub idle_keepalive: Duration,
+
     /// Seconds of silence (PINGs unanswered) after which a stripe is
     /// declared dead; its data goes out again on the other stripes.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
@@ -113,6 +121,10 @@ impl TuningOpts {
             );
         }
         cfg.session.keepalive = self.keepalive;
+        if self.idle_keepalive < self.keepalive {
+            return Err("--idle-keepalive must be at least --keepalive".into());
+        }
+        cfg.session.idle_keepalive = self.idle_keepalive;
         cfg.session.stripe_timeout = self.stripe_timeout;
         cfg.resume_timeout = self.resume_timeout;
         Ok(cfg)

@@ -1018,6 +1018,37 @@ impl Pipe for StripedPipe {
         Ok(again)
     }
 
+    /// While anything moves or is being set up, the tick: rates are sampled,
+    /// stalls and timeouts checked every 100 ms. A quiet session with every
+    /// stripe up needs only its keepalive and the release of its buffers.
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let tick = Some(now + striper_core::reactor::TICK);
+        let settled = self.failed.is_none()
+            && self.closing_since.is_none()
+            && self.orphaned_since.is_none()
+            && self.session.stripes_up() == self.stripes.len()
+            && self.redial.iter().all(|r| r.at.is_none())
+            && self.stripes.iter().all(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.state == StripeState::Up && s.framed.is_idle())
+            });
+        if !settled || !self.session.is_quiet() {
+            return tick;
+        }
+        // Not before the next tick: buffers that could not be freed (not
+        // empty after all) must not make the loop spin.
+        let release = (self.buffer_bytes() > 0).then(|| {
+            let at = self
+                .last_activity
+                .map_or(now, |t| t + self.cfg.idle_release);
+            at.max(now + striper_core::reactor::TICK)
+        });
+        match (self.session.poll_timeout(), release) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn fill_buf(&mut self) -> Result<Readable<'_>, PipeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());

@@ -359,6 +359,13 @@ impl Pipe for TcpPipe {
         self.writable |= ready.writable || ready.error;
     }
 
+    /// Only a connect in progress has a timer (its timeout); an open
+    /// socket runs on events alone.
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.is_connecting()
+            .then_some(now + striper_core::reactor::TICK)
+    }
+
     fn drive(&mut self, cx: &mut Ctx<'_>) -> Result<bool, PipeError> {
         self.poll_connect(cx.registry, cx.now)?;
         Ok(false)

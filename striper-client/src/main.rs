@@ -109,8 +109,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let listen = opts.listen.expect("clap requires --listen without --stdio");
     log_fd_limit(opts.stripes as u64, None);
     let addrs = resolve("listen address", &listen)?;
-    let mut reactor: Reactor<Tunnel<TcpPipe>> =
-        Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+    let mut reactor: Reactor<Tunnel<TcpPipe>> = Reactor::new().map_err(|e| e.to_string())?;
     let mut listener = bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     reactor
@@ -179,8 +178,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
 }
 
 fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCode, String> {
-    let mut reactor: Reactor<Tunnel<StdioPipe>> =
-        Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?;
+    let mut reactor: Reactor<Tunnel<StdioPipe>> = Reactor::new().map_err(|e| e.to_string())?;
     let mut signals = Signals::register(reactor.registry(), SIGNALS)
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let stdio = StdioPipe::new().map_err(|e| format!("cannot use standard input/output: {e}"))?;
@@ -338,5 +336,8 @@ impl<P: Pipe> Task for Tunnel<P> {
     }
     fn run(&mut self, cx: &mut Ctx<'_>) -> TaskStatus {
         self.bridge.run(cx)
+    }
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.bridge.poll_timeout(now)
     }
 }

@@ -18,6 +18,7 @@
 use crate::pipe::{Ctx, Pipe, PipeError, Readable, Ready, TokenSpan};
 use mio::{Registry, Token};
 use std::io;
+use std::time::Instant;
 
 /// Relay rounds per wake-up before yielding to other sessions.
 const MAX_ROUNDS: usize = 32;
@@ -141,6 +142,19 @@ impl<A: Pipe, B: Pipe> Bridge<A, B> {
         self.outcome = Some(Outcome::Failed { side, error });
     }
 
+    /// When the bridge must run without an event: the earlier of its pipes'
+    /// deadlines while relaying; the tick once closing (lingering for the
+    /// peers' goodbyes is timed by the pipes' `poll_close`).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        if self.outcome.is_some() || self.ab != DirState::Open || self.ba != DirState::Open {
+            return Some(now + crate::reactor::TICK);
+        }
+        match (self.a.poll_timeout(now), self.b.poll_timeout(now)) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
     /// Moves bytes until nothing moves or the round budget is spent.
     pub fn pump(&mut self, cx: &mut Ctx<'_>) -> Status {
         if self.outcome.is_none() {
@@ -200,6 +214,10 @@ impl<A: Pipe, B: Pipe> crate::reactor::Task for Bridge<A, B> {
 
     fn on_ready(&mut self, token: Token, ready: Ready) {
         Bridge::on_ready(self, token, ready)
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        Bridge::poll_timeout(self, now)
     }
 
     fn run(&mut self, cx: &mut Ctx<'_>) -> crate::reactor::TaskStatus {

@@ -132,12 +132,12 @@ pub fn log_fd_limit(stripes: u64, want: Option<u64>) {
             };
             match want {
                 Some(w) if w > fits => log::warn!(
-                    "open-file limit {raised}: room for about {fits} sessions of {stripes} \
-                     stripes, fewer than --max-sessions {w}; raise the hard limit (ulimit -Hn, \
+                    "open-file limit {raised}: room for about {fits} tunneled connections of \
+                     {stripes} stripes, fewer than --max-sessions {w}; raise the hard limit (ulimit -Hn, \
                      LimitNOFILE= in a systemd unit) or lower --max-sessions"
                 ),
                 _ => log::info!(
-                    "open-file limit {raised}: room for about {fits} sessions of {stripes} stripes"
+                    "open-file limit {raised}: room for about {fits} tunneled connections of {stripes} stripes"
                 ),
             }
         }

@@ -173,6 +173,13 @@ pub trait Pipe {
     /// with work left (a budget ran out) and wants to run again soon.
     fn drive(&mut self, cx: &mut Ctx<'_>) -> Result<bool, PipeError>;
 
+    /// When [`Pipe::drive`] must run again without an event (`None`: only
+    /// on events). The default is the loop's periodic tick, for pipes that
+    /// check their own timers whenever they run.
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        Some(now + crate::reactor::TICK)
+    }
+
     /// The bytes that have arrived, or why there are none.
     fn fill_buf(&mut self) -> Result<Readable<'_>, PipeError>;
 

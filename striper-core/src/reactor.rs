@@ -1,13 +1,20 @@
 //! The event loop: one mio `Poll`, a slab of tasks (sessions, handshakes),
-//! a block of tokens per task, and a periodic tick for timers.
+//! a block of tokens per task, and a heap of deadlines.
 //!
 //! Tokens `0..SPAN` belong to the application (listeners, the signal pipe);
 //! task `k` owns tokens `(k + 1) * SPAN .. (k + 2) * SPAN`. An event for a
-//! task marks it to run; every task runs on each tick, so timers need no
-//! heap of their own: a task checks its deadlines when it runs. A finished
-//! task is deregistered and its slot freed only after the batch of events
-//! it was in has been dispatched, so no event meets a stranger's slot.
+//! task marks it to run. After running, a task says when it next needs to
+//! run without an event ([`Task::poll_timeout`]); the loop sleeps until the
+//! earliest such deadline. A task with no deadline and no event never runs,
+//! so thousands of idle sessions cost nothing. Each task has at most one
+//! live entry in the heap: a later deadline than the one queued is ignored
+//! (the task runs early, sees nothing due, and asks again), an earlier one
+//! replaces it. A finished task is deregistered and its slot freed only
+//! after the batch of events it was in has been dispatched, so no event
+//! meets a stranger's slot.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -22,7 +29,7 @@ pub const SPAN: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum TaskStatus {
-    /// Wait for events or the next tick.
+    /// Wait for events or the deadline from [`Task::poll_timeout`].
     Idle,
     /// Run again in this turn's next round (work left after a budget ran out).
     Again,
@@ -35,7 +42,17 @@ pub trait Task {
     fn deregister(&mut self, registry: &Registry);
     fn on_ready(&mut self, token: Token, ready: Ready);
     fn run(&mut self, cx: &mut Ctx<'_>) -> TaskStatus;
+    /// After an idle run: when to run next without an event (`None`: only
+    /// on events). The default is the old periodic tick, for tasks that
+    /// check their own timers whenever they run.
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        Some(now + TICK)
+    }
 }
+
+/// How often a task that keeps no exact deadlines runs (busy sessions,
+/// handshakes, closing sessions).
+pub const TICK: Duration = Duration::from_millis(100);
 
 pub struct Reactor<T> {
     poll: Poll,
@@ -44,12 +61,14 @@ pub struct Reactor<T> {
     free: Vec<usize>,
     queued: Vec<bool>,
     queue: Vec<usize>,
-    tick: Duration,
-    next_tick: Instant,
+    /// Deadlines, earliest first; an entry is live only while it equals its
+    /// task's `deadline`.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    deadline: Vec<Option<Instant>>,
 }
 
 impl<T: Task> Reactor<T> {
-    pub fn new(tick: Duration) -> io::Result<Reactor<T>> {
+    pub fn new() -> io::Result<Reactor<T>> {
         Ok(Reactor {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -57,8 +76,8 @@ impl<T: Task> Reactor<T> {
             free: Vec::new(),
             queued: Vec::new(),
             queue: Vec::new(),
-            tick,
-            next_tick: Instant::now() + tick,
+            timers: BinaryHeap::new(),
+            deadline: Vec::new(),
         })
     }
 
@@ -93,6 +112,7 @@ impl<T: Task> Reactor<T> {
             None => {
                 self.tasks.push(None);
                 self.queued.push(false);
+                self.deadline.push(None);
                 self.tasks.len() - 1
             }
         };
@@ -102,6 +122,7 @@ impl<T: Task> Reactor<T> {
             return Err(e);
         }
         self.tasks[slot] = Some(task);
+        self.deadline[slot] = None;
         self.wake(slot);
         Ok(slot)
     }
@@ -137,8 +158,8 @@ impl<T: Task> Reactor<T> {
             .map(|t| (t, registry))
     }
 
-    /// Waits for events (at most until the next tick, not at all if tasks
-    /// are queued) and dispatches those of tasks. Events for the
+    /// Waits for events (at most until the earliest deadline, not at all if
+    /// tasks are queued) and dispatches those of tasks. Events for the
     /// application's own tokens are appended to `own`.
     pub fn poll(
         &mut self,
@@ -146,14 +167,19 @@ impl<T: Task> Reactor<T> {
         max_wait: Option<Duration>,
     ) -> io::Result<()> {
         let now = Instant::now();
-        let mut timeout = self.next_tick.saturating_duration_since(now);
+        // Round up to the millisecond: epoll sleeps in whole milliseconds,
+        // and waking a hair early would only go round once more.
+        let mut timeout = self.timers.peek().map(|Reverse((t, _))| {
+            let d = t.saturating_duration_since(now);
+            Duration::from_millis(d.as_micros().div_ceil(1000) as u64)
+        });
         if let Some(m) = max_wait {
-            timeout = timeout.min(m);
+            timeout = Some(timeout.map_or(m, |t| t.min(m)));
         }
         if !self.queue.is_empty() {
-            timeout = Duration::ZERO;
+            timeout = Some(Duration::ZERO);
         }
-        match self.poll.poll(&mut self.events, Some(timeout)) {
+        match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
@@ -175,13 +201,19 @@ impl<T: Task> Reactor<T> {
         Ok(())
     }
 
-    /// Runs the queued tasks (every task on a tick) and moves finished ones
+    /// Runs the queued tasks (and those whose deadline came) and moves finished ones
     /// into `done`, deregistered, with their slots.
     pub fn run(&mut self, done: &mut Vec<(usize, T)>) {
         let now = Instant::now();
-        if now >= self.next_tick {
-            self.next_tick = now + self.tick;
-            self.wake_all();
+        while let Some(&Reverse((t, slot))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.deadline[slot] == Some(t) {
+                self.deadline[slot] = None;
+                self.wake(slot);
+            }
         }
         let queue = std::mem::take(&mut self.queue);
         let registry = self.poll.registry();
@@ -194,7 +226,14 @@ impl<T: Task> Reactor<T> {
                 continue;
             };
             match task.run(&mut cx) {
-                TaskStatus::Idle => {}
+                TaskStatus::Idle => {
+                    if let Some(t) = task.poll_timeout(now)
+                        && self.deadline[slot].is_none_or(|d| t < d)
+                    {
+                        self.deadline[slot] = Some(t);
+                        self.timers.push(Reverse((t, slot)));
+                    }
+                }
                 TaskStatus::Again => enqueue(&mut self.queued, &mut self.queue, slot),
                 TaskStatus::Done => {
                     let mut task = self.tasks[slot].take().expect("present");

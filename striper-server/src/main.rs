@@ -19,6 +19,7 @@ use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::config::{
     bind_first, exit_with, human_bytes, init_logging, log_fd_limit, parse_secs, resolve,
 };
+use striper_core::reactor::TICK;
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -135,6 +136,12 @@ impl Task for ServerTask {
             ServerTask::Session(s) => s.bridge.run(cx),
         }
     }
+    fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        match self {
+            ServerTask::Handshake(_) => Some(now + TICK),
+            ServerTask::Session(s) => s.bridge.poll_timeout(now),
+        }
+    }
 }
 
 struct Server {
@@ -170,7 +177,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     log_fd_limit(4, Some(opts.max_sessions as u64));
     let listen_addrs = resolve("listen address", &listen)?;
     let mut server = Server {
-        reactor: Reactor::new(Duration::from_millis(100)).map_err(|e| e.to_string())?,
+        reactor: Reactor::new().map_err(|e| e.to_string())?,
         cfg,
         targets: targets.clone(),
         target_name: target.clone(),

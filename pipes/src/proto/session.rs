@@ -47,8 +47,10 @@ pub struct SessionConfig {
     pub max_pieces: usize,
     /// Window over which stripe drain rates are measured.
     pub rate_interval: Duration,
-    /// A stripe silent this long gets a PING.
+    /// A stripe silent this long gets a PING while data is in flight.
     pub keepalive: Duration,
+    /// A stripe silent this long gets a PING when nothing is in flight.
+    pub idle_keepalive: Duration,
     /// A stripe silent this long (nothing received, PINGs unanswered) is dead.
     pub stripe_timeout: Duration,
 }
@@ -63,6 +65,7 @@ impl Default for SessionConfig {
             max_pieces: 16_384,
             rate_interval: Duration::from_millis(100),
             keepalive: Duration::from_secs(1),
+            idle_keepalive: Duration::from_secs(15),
             stripe_timeout: Duration::from_secs(5),
         }
     }
@@ -248,6 +251,10 @@ pub struct Session {
     stripes: Vec<Stripe>,
     rst_out: Option<(u16, String)>,
     ping_seq: u64,
+    /// Since when data has been in flight (`None`: idle). Silence counts
+    /// from here at the earliest, so an idle stripe that was rightly quiet
+    /// for minutes is not declared dead the moment data starts to flow.
+    busy_since: Option<Instant>,
     /// When the peer's ACK last moved (or there was nothing to acknowledge).
     ack_progress_at: Option<Instant>,
     /// A stall was bypassed up to here; no other until the ACK passes it.
@@ -284,6 +291,7 @@ impl Session {
             rst_out: None,
             ping_seq: 0,
             ack_progress_at: None,
+            busy_since: None,
             stall_bypassed_until: 0,
             suspect: None,
             views: Vec::new(),
@@ -625,25 +633,92 @@ impl Session {
     /// drain, those bytes go out again on the others, once.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<usize> {
         self.bypass_stall(now);
-        let (keepalive, timeout) = (self.cfg.keepalive, self.cfg.stripe_timeout);
+        self.note_busy(now);
+        let (probe, grace) = self.probe_times();
+        let since = self.busy_since;
+        let ka = self.cfg.keepalive;
         for (i, s) in self.stripes.iter_mut().enumerate() {
             let Some(heard) = s.last_heard.filter(|_| s.up) else {
                 continue;
             };
-            let silent = now.saturating_duration_since(heard);
-            if silent >= timeout {
+            let silent = now.saturating_duration_since(heard.max(since.unwrap_or(heard)));
+            if silent >= probe + grace {
                 return Some(i);
             }
             let ping_old = s
                 .ping
-                .is_none_or(|(_, t)| now.saturating_duration_since(t) >= keepalive);
-            if silent >= keepalive && ping_old && !s.ping_due {
+                .is_none_or(|(_, t)| now.saturating_duration_since(t) >= ka);
+            if silent >= probe && ping_old && !s.ping_due {
                 self.ping_seq += 1;
                 s.ping = Some((self.ping_seq, now));
                 s.ping_due = true;
             }
         }
         None
+    }
+
+    /// Nothing to send and nothing awaited: no data or FIN in flight either
+    /// way that this end knows of, nothing buffered, no control frame due.
+    /// Only the keepalive then needs a timer ([`Session::poll_timeout`]).
+    pub fn is_quiet(&self) -> bool {
+        !self.is_busy()
+            && self.recv.buffered() == 0
+            && !self.ack_due
+            && self.rst_out.is_none()
+            && self
+                .stripes
+                .iter()
+                .all(|s| s.pong_due.is_none() && !s.ping_due)
+    }
+
+    /// Data is in flight: ours unacknowledged, or our FIN.
+    pub fn is_busy(&self) -> bool {
+        self.send_backlog() > 0 || (self.fin_out.is_some() && !self.fin_acked)
+    }
+
+    fn note_busy(&mut self, now: Instant) {
+        match (self.is_busy(), self.busy_since) {
+            (true, None) => self.busy_since = Some(now),
+            (false, Some(_)) => self.busy_since = None,
+            _ => {}
+        }
+    }
+
+    /// Silence before a PING, and the grace after it before a stripe is
+    /// dead: quick while data is in flight (a dead stripe holds it up),
+    /// rare when idle (probing costs wake-ups, and an idle stripe that died
+    /// holds nothing up; its loss shows at the latest when data flows).
+    fn probe_times(&self) -> (Duration, Duration) {
+        let grace = self.cfg.stripe_timeout.saturating_sub(self.cfg.keepalive);
+        if self.busy_since.is_some() {
+            (self.cfg.keepalive, grace)
+        } else {
+            (self.cfg.idle_keepalive.max(self.cfg.keepalive), grace)
+        }
+    }
+
+    /// When [`Session::handle_timeout`] next has something to do for the
+    /// stripes' keepalive: a PING to send or a silent stripe to declare dead.
+    /// `None` when no stripe is up. While data is in flight the caller also
+    /// runs the session on its own rate-measurement clock.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let (probe, grace) = self.probe_times();
+        let ka = self.cfg.keepalive;
+        self.stripes
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| {
+                let heard = s.last_heard?;
+                let from = heard.max(self.busy_since.unwrap_or(heard));
+                let dead = from + probe + grace;
+                let ping = match s.ping {
+                    // Pinged this silence already: the next PING after `ka`.
+                    Some((_, t)) if t >= from + probe => t + ka,
+                    _ => from + probe,
+                };
+                Some(ping.min(dead))
+            })
+            .min()
     }
 
     /// When the peer's acknowledgements stop while the oldest unacknowledged
@@ -1043,11 +1118,19 @@ mod tests {
         let t0 = Instant::now();
         s.stripe_up(0, t0);
         s.stripe_up(1, t0);
+        // Data in flight: the quick keepalive applies.
+        assert_eq!(s.write(&[1u8; 100]), 100);
+        assert!(s.poll_transmit().expect("data").data.is_some());
+        // The IO side runs the timers whenever it runs: busy from now.
+        assert_eq!(s.handle_timeout(t0), None);
         assert_eq!(s.handle_timeout(t0 + ka / 2), None);
-        assert!(
-            s.poll_transmit().is_none(),
-            "nothing to say before the keepalive"
-        );
+        assert!(s.is_busy() && !s.is_quiet());
+        assert_eq!(s.poll_timeout(), Some(t0 + ka));
+        // No ACK came: the stall bypass may send the data again on the
+        // other stripe, but no PING goes out before the keepalive.
+        while let Some(t) = s.poll_transmit() {
+            assert!(t.data.is_some(), "only data before the keepalive");
+        }
         assert_eq!(s.handle_timeout(t0 + ka), None);
         let (ty, v0) = frame_of(&s.poll_transmit().expect("a PING"));
         assert_eq!(ty, FrameType::Ping);
@@ -1059,12 +1142,66 @@ mod tests {
         s.handle_frame(0, f, t0 + ka + Duration::from_millis(30))
             .unwrap();
         assert_eq!(s.stripe_ping_rtt(0), Some(Duration::from_millis(30)));
+        assert!(s.poll_timeout().unwrap() <= t0 + timeout);
         assert_eq!(s.handle_timeout(t0 + timeout), Some(1));
         s.stripe_down(1);
         assert_eq!(
             s.handle_timeout(t0 + timeout),
             None,
             "stripe 0 was heard from"
+        );
+    }
+
+    /// With nothing in flight a session asks for no wake-up before its idle
+    /// keepalive, pings once then, and gives a silent stripe the same grace
+    /// as a busy one after that PING. When data starts to flow after a long
+    /// quiet spell the silence counts from then, not from the last frame.
+    #[test]
+    fn an_idle_session_sleeps_until_its_idle_keepalive() {
+        let cfg = SessionConfig::default();
+        let (ka, idle, timeout) = (cfg.keepalive, cfg.idle_keepalive, cfg.stripe_timeout);
+        let grace = timeout - ka;
+        let mut s = Session::new(cfg, 2);
+        let t0 = Instant::now();
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        assert!(s.is_quiet());
+        assert_eq!(s.poll_timeout(), Some(t0 + idle));
+        assert_eq!(s.handle_timeout(t0 + idle - Duration::from_millis(1)), None);
+        assert!(
+            s.poll_transmit().is_none(),
+            "no PING before the idle keepalive"
+        );
+        assert_eq!(s.handle_timeout(t0 + idle), None);
+        for _ in 0..2 {
+            let (ty, _) = frame_of(&s.poll_transmit().expect("a PING per stripe"));
+            assert_eq!(ty, FrameType::Ping);
+        }
+        // The PING is out: next a repeat after `ka`, or death after the grace.
+        assert_eq!(s.poll_timeout(), Some(t0 + idle + ka));
+        assert_eq!(
+            s.handle_timeout(t0 + idle + grace - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(s.handle_timeout(t0 + idle + grace), Some(0));
+
+        // Quiet for a minute, both stripes rightly silent; then data flows.
+        let mut s = Session::new(SessionConfig::default(), 1);
+        s.stripe_up(0, t0);
+        let ping = encode_vec(FrameType::Ping, 0, 9, b"");
+        let (f, _) = decode(&ping, 1 << 20).unwrap().unwrap();
+        let t1 = t0 + Duration::from_secs(60);
+        s.handle_frame(0, f, t1 - Duration::from_secs(10)).unwrap();
+        assert_eq!(s.write(&[1u8; 100]), 100);
+        assert_eq!(s.handle_timeout(t1), None, "silence counts from the data");
+        assert_eq!(
+            s.handle_timeout(t1 + timeout - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(
+            s.handle_timeout(t1 + timeout),
+            Some(0),
+            "dead within the stripe timeout"
         );
     }
 
