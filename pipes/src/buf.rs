@@ -83,10 +83,13 @@ impl ReadBuf {
     }
 
     /// Frees the storage if it holds nothing.
-    pub fn release_if_empty(&mut self) {
+    /// Frees the storage if nothing is buffered; true if it did.
+    pub fn release_if_empty(&mut self) -> bool {
         if self.is_empty() && !self.buf.is_empty() {
             self.buf = Vec::new();
+            return true;
         }
+        false
     }
 }
 

@@ -133,7 +133,9 @@ impl TcpPipe {
 
     /// Frees the read buffer if it is empty (an idle connection).
     pub fn release_idle(&mut self) {
-        self.rbuf.release_if_empty();
+        if self.rbuf.release_if_empty() {
+            striper_core::mem::note_freed();
+        }
     }
 
     /// Checks a pending connect: on the writable event, or when the timeout
@@ -387,6 +389,10 @@ impl Pipe for TcpPipe {
 
     fn consume(&mut self, n: usize) {
         self.rbuf.consume(n);
+    }
+
+    fn release_idle(&mut self) {
+        TcpPipe::release_idle(self);
     }
 
     fn write(&mut self, data: &[u8]) -> Result<usize, PipeError> {

@@ -17,6 +17,7 @@ use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
 use striper_core::config::{
     bind_first, exit_with, human_bytes, init_logging, log_fd_limit, resolve,
 };
+use striper_core::mem::Trimmer;
 use striper_core::signals::Signals;
 use striper_core::{
     Bridge, Ctx, ErrorKind, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -127,9 +128,11 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let mut own = Vec::new();
     let mut done = Vec::new();
     let mut shutdown: Option<Instant> = None;
+    let mut trimmer = Trimmer::new();
     loop {
+        let wait = trimmer.poll(Instant::now());
         reactor
-            .poll(&mut own, None)
+            .poll(&mut own, wait)
             .map_err(|e| format!("event loop failed: {e}"))?;
         for (token, _) in own.drain(..) {
             match token {

@@ -18,7 +18,7 @@
 use crate::pipe::{Ctx, Pipe, PipeError, Readable, Ready, TokenSpan};
 use mio::{Registry, Token};
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Relay rounds per wake-up before yielding to other sessions.
 const MAX_ROUNDS: usize = 32;
@@ -66,7 +66,14 @@ pub struct Bridge<A, B> {
     bytes_ab: u64,
     bytes_ba: u64,
     outcome: Option<Outcome>,
+    /// When bytes last moved; after [`IDLE_RELEASE`] without, both pipes
+    /// are told to free their empty buffers (once).
+    last_moved: Option<Instant>,
+    released: bool,
 }
+
+/// Traffic pause after which the pipes' empty buffers are freed.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
 impl<A: Pipe, B: Pipe> Bridge<A, B> {
     pub fn new(a: A, b: B) -> Bridge<A, B> {
@@ -79,6 +86,8 @@ impl<A: Pipe, B: Pipe> Bridge<A, B> {
             bytes_ab: 0,
             bytes_ba: 0,
             outcome: None,
+            last_moved: None,
+            released: false,
         }
     }
 
@@ -149,14 +158,36 @@ impl<A: Pipe, B: Pipe> Bridge<A, B> {
         if self.outcome.is_some() || self.ab != DirState::Open || self.ba != DirState::Open {
             return Some(now + crate::reactor::TICK);
         }
-        match (self.a.poll_timeout(now), self.b.poll_timeout(now)) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        }
+        let release = match self.last_moved {
+            Some(t) if !self.released => Some(t + IDLE_RELEASE),
+            _ => None,
+        };
+        [self.a.poll_timeout(now), self.b.poll_timeout(now), release]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Moves bytes until nothing moves or the round budget is spent.
     pub fn pump(&mut self, cx: &mut Ctx<'_>) -> Status {
+        let before = (self.bytes_ab, self.bytes_ba);
+        let status = self.pump_inner(cx);
+        if self.last_moved.is_none() || before != (self.bytes_ab, self.bytes_ba) {
+            self.last_moved = Some(cx.now);
+            self.released = false;
+        } else if !self.released
+            && self
+                .last_moved
+                .is_some_and(|t| cx.now.saturating_duration_since(t) >= IDLE_RELEASE)
+        {
+            self.a.release_idle();
+            self.b.release_idle();
+            self.released = true;
+        }
+        status
+    }
+
+    fn pump_inner(&mut self, cx: &mut Ctx<'_>) -> Status {
         if self.outcome.is_none() {
             match self.relay(cx) {
                 Ok(again) if self.outcome.is_none() => return Status::Running { again },

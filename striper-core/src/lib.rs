@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod mem;
 pub mod pipe;
 pub mod reactor;
 pub mod signals;

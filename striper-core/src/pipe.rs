@@ -183,6 +183,10 @@ pub trait Pipe {
     /// The bytes that have arrived, or why there are none.
     fn fill_buf(&mut self) -> Result<Readable<'_>, PipeError>;
 
+    /// Frees buffers that hold nothing (the bridge calls it after a while
+    /// without traffic). The default holds none worth freeing.
+    fn release_idle(&mut self) {}
+
     /// Marks `n` bytes of [`Pipe::fill_buf`] as taken.
     fn consume(&mut self, n: usize);
 
