@@ -710,7 +710,7 @@ impl StripedPipe {
             {
                 s.last_rtt = Some(now);
                 if let Ok(path) = sys::tcp_path(fd) {
-                    rtt = Some(path.rtt);
+                    rtt = Some(path.queue_aware_rtt());
                     if matches!(self.cfg.unsent, UnsentLimit::Auto(_))
                         && let Some(limit) = s.queue.on_sample(path)
                     {

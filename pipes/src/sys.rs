@@ -50,6 +50,7 @@ pub fn tcp_path(fd: RawFd) -> io::Result<PathSample> {
     // Older kernels fill less of the struct; what they leave out stays 0.
     Ok(PathSample {
         rtt: Duration::from_micros(info.tcpi_rtt as u64),
+        min_rtt: Duration::from_micros(info.tcpi_min_rtt as u64),
         delivery_rate: info.tcpi_delivery_rate as f64,
         // u64::MAX: no pacing rate set (the kernel's "unlimited").
         pacing_rate: if info.tcpi_pacing_rate == u64::MAX {

@@ -49,12 +49,30 @@ impl Default for QueueBounds {
 pub struct PathSample {
     /// Smoothed round trip.
     pub rtt: Duration,
+    /// The smallest round trip seen (the path without queues); zero if
+    /// the kernel does not say.
+    pub min_rtt: Duration,
     /// The kernel's most recent delivery-rate sample, bytes per second.
     pub delivery_rate: f64,
     /// The rate the kernel paces at, bytes per second: its own estimate of
     /// what the path carries (BBR: the bottleneck bandwidth times a gain;
     /// other algorithms: the congestion window over the round trip).
     pub pacing_rate: f64,
+}
+
+impl PathSample {
+    /// The round trip as the scheduler should weigh it: twice the time a
+    /// new frame takes to reach the peer. A standing queue on the way (a
+    /// shaper's buffer, a stripe whose rate just dropped) delays it in
+    /// full, not by half as in the smoothed round trip: with the smallest
+    /// round trip `m` and a queue of `q`, srtt = m + q, and the frame needs
+    /// m/2 + q, so this returns m + 2q = 2 srtt - m.
+    pub fn queue_aware_rtt(&self) -> Duration {
+        if self.min_rtt.is_zero() || self.min_rtt > self.rtt {
+            return self.rtt;
+        }
+        self.rtt * 2 - self.min_rtt
+    }
 }
 
 /// The limit of one stripe, kept between samples so that the socket is only
@@ -98,7 +116,14 @@ impl QueueLimit {
     pub fn on_sample(&mut self, s: PathSample) -> Option<u32> {
         self.peak_rate = (self.peak_rate * (1.0 - PEAK_DECAY)).max(s.delivery_rate);
         let rate = self.peak_rate.max(s.pacing_rate);
-        let want = limit_for(self.bounds, rate, s.rtt);
+        // The path's own round trip: a queue that builds up on the way is
+        // no reason to commit more bytes to this stripe.
+        let rtt = if s.min_rtt.is_zero() {
+            s.rtt
+        } else {
+            s.min_rtt.min(s.rtt)
+        };
+        let want = limit_for(self.bounds, rate, rtt);
         let cur = self.current as f64;
         if (want as f64 - cur).abs() <= cur * HYSTERESIS {
             return None;
@@ -123,6 +148,7 @@ mod tests {
     fn sample(mbit: f64, rtt_ms: u64) -> PathSample {
         PathSample {
             rtt: Duration::from_millis(rtt_ms),
+            min_rtt: Duration::from_millis(rtt_ms),
             delivery_rate: mbit * MBIT,
             pacing_rate: mbit * MBIT,
         }
@@ -188,6 +214,21 @@ mod tests {
             ..sample(20.0, 100)
         };
         assert_eq!(q.on_sample(s), Some(250_000));
+    }
+
+    #[test]
+    fn a_standing_queue_counts_in_full() {
+        let mut s = sample(20.0, 340);
+        s.min_rtt = Duration::from_millis(100);
+        // 50 ms of path one way plus 240 ms waiting in a queue: 290 ms.
+        assert_eq!(s.queue_aware_rtt(), Duration::from_millis(580));
+        // No queue, or no minimum known: the smoothed round trip.
+        assert_eq!(
+            sample(20.0, 100).queue_aware_rtt(),
+            Duration::from_millis(100)
+        );
+        s.min_rtt = Duration::ZERO;
+        assert_eq!(s.queue_aware_rtt(), Duration::from_millis(340));
     }
 
     #[test]
