@@ -116,10 +116,10 @@ if [ "$HAPROXY" = 1 ]; then
         cat >"$WORK/haproxy$hop.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 9000
 defaults
     mode tcp
-    maxconn 20000
+    maxconn 9000
     timeout connect 5s
     timeout client 1h
     timeout server 1h

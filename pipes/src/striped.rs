@@ -690,8 +690,14 @@ impl StripedPipe {
         self.fail(pe)
     }
 
-    /// Tells the session what the kernel knows about each stripe.
+    /// Tells the session what the kernel knows about each stripe. Skipped
+    /// while none of our data is in flight: there is nothing of ours in the
+    /// kernel's queues to measure (keepalives and ACKs are a few bytes),
+    /// and an idle wake-up should cost few syscalls.
     fn update_metrics(&mut self, now: Instant) {
+        if !self.session.is_busy() {
+            return;
+        }
         for i in 0..self.stripes.len() {
             let Some(s) = self.stripes[i].as_mut() else {
                 continue;

@@ -637,18 +637,34 @@ impl Session {
         let (probe, grace) = self.probe_times();
         let since = self.busy_since;
         let ka = self.cfg.keepalive;
+        let silence = |s: &Stripe| {
+            let heard = s.last_heard.filter(|_| s.up)?;
+            Some(now.saturating_duration_since(heard.max(since.unwrap_or(heard))))
+        };
+        // Idle, the stripes are probed together once one is due (those
+        // silent for half the interval or more): one wake-up of the process
+        // per session and interval, not one per stripe.
+        let threshold = if since.is_none()
+            && self
+                .stripes
+                .iter()
+                .any(|s| silence(s).is_some_and(|d| d >= probe))
+        {
+            probe / 2
+        } else {
+            probe
+        };
         for (i, s) in self.stripes.iter_mut().enumerate() {
-            let Some(heard) = s.last_heard.filter(|_| s.up) else {
+            let Some(silent) = silence(s) else {
                 continue;
             };
-            let silent = now.saturating_duration_since(heard.max(since.unwrap_or(heard)));
             if silent >= probe + grace {
                 return Some(i);
             }
             let ping_old = s
                 .ping
                 .is_none_or(|(_, t)| now.saturating_duration_since(t) >= ka);
-            if silent >= probe && ping_old && !s.ping_due {
+            if silent >= threshold && ping_old && !s.ping_due {
                 self.ping_seq += 1;
                 s.ping = Some((self.ping_seq, now));
                 s.ping_due = true;
@@ -1184,6 +1200,20 @@ mod tests {
             None
         );
         assert_eq!(s.handle_timeout(t0 + idle + grace), Some(0));
+
+        // Stripes heard at different times are probed together once one is
+        // due, so an idle session wakes the process once per interval: at
+        // t0 + idle stripe 0 is due, and stripe 1, heard 5 s later, has
+        // been silent for more than half the interval.
+        let mut s = Session::new(SessionConfig::default(), 2);
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0 + Duration::from_secs(5));
+        assert_eq!(s.poll_timeout(), Some(t0 + idle));
+        assert_eq!(s.handle_timeout(t0 + idle), None);
+        let pinged: Vec<usize> = std::iter::from_fn(|| s.poll_transmit())
+            .map(|t| t.stripe)
+            .collect();
+        assert_eq!(pinged, vec![0, 1], "both stripes probed at once");
 
         // Quiet for a minute, both stripes rightly silent; then data flows.
         let mut s = Session::new(SessionConfig::default(), 1);
