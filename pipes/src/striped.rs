@@ -690,14 +690,8 @@ impl StripedPipe {
         self.fail(pe)
     }
 
-    /// Tells the session what the kernel knows about each stripe. Skipped
-    /// while none of our data is in flight: there is nothing of ours in the
-    /// kernel's queues to measure (keepalives and ACKs are a few bytes),
-    /// and an idle wake-up should cost few syscalls.
+    /// Tells the session what the kernel knows about each stripe.
     fn update_metrics(&mut self, now: Instant) {
-        if !self.session.is_busy() {
-            return;
-        }
         for i in 0..self.stripes.len() {
             let Some(s) = self.stripes[i].as_mut() else {
                 continue;
@@ -716,7 +710,7 @@ impl StripedPipe {
             {
                 s.last_rtt = Some(now);
                 if let Ok(path) = sys::tcp_path(fd) {
-                    rtt = Some(path.queue_aware_rtt());
+                    rtt = Some(path.rtt);
                     if matches!(self.cfg.unsent, UnsentLimit::Auto(_))
                         && let Some(limit) = s.queue.on_sample(path)
                     {

@@ -60,21 +60,6 @@ pub struct PathSample {
     pub pacing_rate: f64,
 }
 
-impl PathSample {
-    /// The round trip as the scheduler should weigh it: twice the time a
-    /// new frame takes to reach the peer. A standing queue on the way (a
-    /// shaper's buffer, a stripe whose rate just dropped) delays it in
-    /// full, not by half as in the smoothed round trip: with the smallest
-    /// round trip `m` and a queue of `q`, srtt = m + q, and the frame needs
-    /// m/2 + q, so this returns m + 2q = 2 srtt - m.
-    pub fn queue_aware_rtt(&self) -> Duration {
-        if self.min_rtt.is_zero() || self.min_rtt > self.rtt {
-            return self.rtt;
-        }
-        self.rtt * 2 - self.min_rtt
-    }
-}
-
 /// The limit of one stripe, kept between samples so that the socket is only
 /// told when the value really changes.
 #[derive(Clone, Debug)]
@@ -214,21 +199,6 @@ mod tests {
             ..sample(20.0, 100)
         };
         assert_eq!(q.on_sample(s), Some(250_000));
-    }
-
-    #[test]
-    fn a_standing_queue_counts_in_full() {
-        let mut s = sample(20.0, 340);
-        s.min_rtt = Duration::from_millis(100);
-        // 50 ms of path one way plus 240 ms waiting in a queue: 290 ms.
-        assert_eq!(s.queue_aware_rtt(), Duration::from_millis(580));
-        // No queue, or no minimum known: the smoothed round trip.
-        assert_eq!(
-            sample(20.0, 100).queue_aware_rtt(),
-            Duration::from_millis(100)
-        );
-        s.min_rtt = Duration::ZERO;
-        assert_eq!(s.queue_aware_rtt(), Duration::from_millis(340));
     }
 
     #[test]
