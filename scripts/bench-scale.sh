@@ -17,12 +17,12 @@
 # Exits non-zero only when a run is broken (a process failing, an echo
 # wrong), never for a figure.
 #
-# Env: SESSIONS (3500)  SETTLE (5)  WINDOW (10)  WAKE (200)  BURST (2000)
+# Env: SESSIONS (3500)  SETTLE (8)  WINDOW (10)  WAKE (200)  BURST (2000)
 #      BATCH (200)  STRIPES (4)  BASE (unset: no baseline)  HAPROXY (1)
 #      OUT (docs/bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SESSIONS=${SESSIONS:-3500} SETTLE=${SETTLE:-5} WINDOW=${WINDOW:-10} WAKE=${WAKE:-200}
+SESSIONS=${SESSIONS:-3500} SETTLE=${SETTLE:-8} WINDOW=${WINDOW:-10} WAKE=${WAKE:-200}
 BURST=${BURST:-2000} BATCH=${BATCH:-200} STRIPES=${STRIPES:-4} BASE=${BASE:-}
 HAPROXY=${HAPROXY:-1} OUT=${OUT:-docs/bench}
 PY="python3 scripts/bench_scale.py"

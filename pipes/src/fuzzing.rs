@@ -868,7 +868,7 @@ impl Sim {
     fn timeout(&mut self) {
         // Busy (data or a FIN in flight) is the session's own call; the
         // model checks what follows from it.
-        let busy = self.s.is_busy();
+        let busy = self.s.is_busy_at(self.now);
         self.busy_since = match (busy, self.busy_since) {
             (true, None) => Some(self.now),
             (true, since) => since,

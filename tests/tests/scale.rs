@@ -50,8 +50,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// 500 idle four-stripe sessions. Both processes sleep between keepalives
-/// (15 s apart): over 3 s each uses under 5% of a core (the old 100 ms tick
+/// 500 idle four-stripe sessions. Once quiet, both processes sleep between
+/// keepalives (15 s apart): over 3 s each uses under 5% of a core (the old 100 ms tick
 /// took ~5% at this size; measured now: 0%). Each holds under 32 KiB of
 /// resident memory per session once buffers are freed (measured ~11 KiB,
 /// was ~94 KiB). Then every session answers at once.
@@ -66,6 +66,7 @@ fn idle_sessions_cost_no_cpu_and_little_memory() {
     let rss0: Vec<u64> = pids.iter().map(|&p| vm_rss_kib(p).unwrap()).collect();
 
     let mut conns = open_many(tunnel.addr(), SESSIONS, 50);
+    let last_data = Instant::now();
     // Buffers are freed after 2 s without traffic and the heap trimmed
     // within a second more: wait for the memory to come down (or not).
     let per_session =
@@ -75,6 +76,12 @@ fn idle_sessions_cost_no_cpu_and_little_memory() {
     });
     let mem = [per_session(0), per_session(1)];
 
+    // A session keeps its quick keepalive for a stripe timeout (5 s) after
+    // data last arrived (a receiver also waits for a dead stripe); idle is
+    // what comes after that.
+    let quiet_from = last_data + Duration::from_secs(5) + Duration::from_millis(500);
+    thread::sleep(quiet_from.saturating_duration_since(Instant::now()));
+    // SAFETY: sysconf with a valid name has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let c0: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let t0 = Instant::now();

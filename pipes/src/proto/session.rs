@@ -255,6 +255,10 @@ pub struct Session {
     /// from here at the earliest, so an idle stripe that was rightly quiet
     /// for minutes is not declared dead the moment data starts to flow.
     busy_since: Option<Instant>,
+    /// When the peer's data last arrived. A receiving session waits for a
+    /// dead stripe's bytes as much as a sending one: it probes quickly too,
+    /// for a stripe timeout after the last data.
+    data_in_at: Option<Instant>,
     /// When the peer's ACK last moved (or there was nothing to acknowledge).
     ack_progress_at: Option<Instant>,
     /// A stall was bypassed up to here; no other until the ACK passes it.
@@ -292,6 +296,7 @@ impl Session {
             ping_seq: 0,
             ack_progress_at: None,
             busy_since: None,
+            data_in_at: None,
             stall_bypassed_until: 0,
             suspect: None,
             views: Vec::new(),
@@ -578,6 +583,7 @@ impl Session {
         }
         match h.ty {
             FrameType::Data => {
+                self.data_in_at = Some(now);
                 self.recv
                     .insert(h.value, frame.payload, self.fin_in)
                     .map_err(|err| SessionError::Data { stripe: i, err })?;
@@ -687,13 +693,30 @@ impl Session {
                 .all(|s| s.pong_due.is_none() && !s.ping_due)
     }
 
-    /// Data is in flight: ours unacknowledged, or our FIN.
+    /// Data is in flight: ours unacknowledged, or our FIN, or the peer's
+    /// data arrived within the last stripe timeout.
     pub fn is_busy(&self) -> bool {
-        self.send_backlog() > 0 || (self.fin_out.is_some() && !self.fin_acked)
+        self.send_backlog() > 0
+            || (self.fin_out.is_some() && !self.fin_acked)
+            || self.data_in_at.is_some()
+    }
+
+    /// [`Session::is_busy`] as of `now`: the peer's data counts for a
+    /// stripe timeout after it arrived.
+    pub fn is_busy_at(&self, now: Instant) -> bool {
+        self.send_backlog() > 0
+            || (self.fin_out.is_some() && !self.fin_acked)
+            || self
+                .data_in_at
+                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.stripe_timeout)
     }
 
     fn note_busy(&mut self, now: Instant) {
-        match (self.is_busy(), self.busy_since) {
+        let busy = self.is_busy_at(now);
+        if !busy {
+            self.data_in_at = None;
+        }
+        match (busy, self.busy_since) {
             (true, None) => self.busy_since = Some(now),
             (false, Some(_)) => self.busy_since = None,
             _ => {}
