@@ -261,6 +261,34 @@ fn echo_all(streams: Vec<TcpStream>, base: &Pattern, len: u64, target: &Target, 
     }
 }
 
+/// A tunnel whose stripes cross the link emulator with `shape`, and one
+/// application connection through it, once every stripe has connected.
+fn through_emulator(
+    target: SocketAddr,
+    stripes: usize,
+    shape: Shape,
+) -> (Tunnel, LinkEmu, TcpStream) {
+    let key = KeyFile::generate();
+    let server = harness::start_server(&key, target, &[], "info");
+    let emu = LinkEmu::start(
+        LinkConfig::new("127.0.0.1:0".parse().unwrap(), server.addr()).with_shape(shape),
+    )
+    .expect("start the link emulator");
+    let client = harness::start_client(&key, emu.local_addr(), stripes as u8, &[], "info");
+    let tunnel = Tunnel {
+        client,
+        server,
+        key,
+    };
+    let stream = tunnel.connect();
+    assert!(
+        emu.wait_for_connections(stripes, Duration::from_secs(10)),
+        "all stripes connect through the emulator: {:?}",
+        emu.connections()
+    );
+    (tunnel, emu, stream)
+}
+
 /// Each stripe crosses the link emulator as its own flow capped at
 /// 20 Mbit/s each way. 6 MiB each way would take 2.5 s on one such flow;
 /// over 4 it takes about 0.65 s. The bound of 2 s leaves 3x headroom for a
@@ -273,26 +301,7 @@ fn through_per_flow_caps() {
     let (up, down) = (Pattern::new(300), Pattern::new(301));
     let (u, d) = (up.clone(), down.clone());
     let target = Target::start(move |_, s| exchange(s, &u, &d, LEN, false));
-    let key = KeyFile::generate();
-    let server = harness::start_server(&key, target.addr(), &[], "info");
-    let emu = LinkEmu::start(
-        LinkConfig::new("127.0.0.1:0".parse().unwrap(), server.addr())
-            .with_shape(Shape::rate(CAP_MBIT)),
-    )
-    .expect("start the link emulator");
-    let client = harness::start_client(&key, emu.local_addr(), STRIPES as u8, &[], "info");
-    let mut tunnel = Tunnel {
-        client,
-        server,
-        key,
-    };
-
-    let stream = tunnel.connect();
-    assert!(
-        emu.wait_for_connections(STRIPES, Duration::from_secs(10)),
-        "all stripes connect through the emulator: {:?}",
-        emu.connections()
-    );
+    let (mut tunnel, emu, stream) = through_emulator(target.addr(), STRIPES, Shape::rate(CAP_MBIT));
     let started = Instant::now();
     let (u, d) = (up.clone(), down.clone());
     let (sent, got) = harness::background("app", move || exchange_on(stream, &u, LEN, Some(&d)))
@@ -355,25 +364,10 @@ fn long_round_trip_keeps_every_stripe_at_its_cap() {
     let (up, none) = (Pattern::new(310), Pattern::new(311));
     let (u, n) = (up.clone(), none.clone());
     let target = Target::start(move |_, s| exchange(s, &u, &n, 0, false));
-    let key = KeyFile::generate();
-    let server = harness::start_server(&key, target.addr(), &[], "info");
-    let emu = LinkEmu::start(
-        LinkConfig::new("127.0.0.1:0".parse().unwrap(), server.addr())
-            .with_shape(Shape::rate(CAP_MBIT).with_delay_ms(DELAY_MS)),
-    )
-    .expect("start the link emulator");
-    let client = harness::start_client(&key, emu.local_addr(), STRIPES as u8, &[], "info");
-    let mut tunnel = Tunnel {
-        client,
-        server,
-        key,
-    };
-
-    let stream = tunnel.connect();
-    assert!(
-        emu.wait_for_connections(STRIPES, Duration::from_secs(10)),
-        "all stripes connect through the emulator: {:?}",
-        emu.connections()
+    let (mut tunnel, emu, stream) = through_emulator(
+        target.addr(),
+        STRIPES,
+        Shape::rate(CAP_MBIT).with_delay_ms(DELAY_MS),
     );
     let started = Instant::now();
     let u = up.clone();
