@@ -174,9 +174,7 @@ impl TuningOpts {
             }
             Err(e) => Err(format!(
                 "--congestion {name}: the kernel refuses it ({e}); available: {}",
-                std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "unknown".to_string())
+                sys::available_congestion()
             )),
         }
     }

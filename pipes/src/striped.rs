@@ -299,7 +299,7 @@ impl StripedPipe {
         }
         tcp.register_token(registry, span.token(i))
             .map_err(|e| PipeError::io("stripe", &e))?;
-        self.tune_socket(tcp.raw_fd());
+        tune_socket(&self.cfg, &self.label, tcp.raw_fd());
         self.stripes[i] = Some(Stripe {
             framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
             state: StripeState::Up,
@@ -380,10 +380,6 @@ impl StripedPipe {
                 gain: 0.0,
             }),
         }
-    }
-
-    fn tune_socket(&self, fd: std::os::fd::RawFd) {
-        tune_socket(&self.cfg, &self.label, fd);
     }
 
     /// Drops stripe `i` after `err`; the session goes on with the others,

@@ -90,7 +90,16 @@ pub fn congestion_usable(name: &str) -> io::Result<()> {
 
 /// The system's default congestion control, for the log.
 pub fn default_congestion() -> String {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+    ipv4_sysctl("tcp_congestion_control")
+}
+
+/// The congestion control algorithms the kernel offers, for an error.
+pub fn available_congestion() -> String {
+    ipv4_sysctl("tcp_available_congestion_control")
+}
+
+fn ipv4_sysctl(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
 }

@@ -696,16 +696,18 @@ impl Session {
     /// Data is in flight: ours unacknowledged, or our FIN, or the peer's
     /// data arrived within the last stripe timeout.
     pub fn is_busy(&self) -> bool {
-        self.send_backlog() > 0
-            || (self.fin_out.is_some() && !self.fin_acked)
-            || self.data_in_at.is_some()
+        self.sending() || self.data_in_at.is_some()
+    }
+
+    /// Our data or FIN is unacknowledged.
+    fn sending(&self) -> bool {
+        self.send_backlog() > 0 || (self.fin_out.is_some() && !self.fin_acked)
     }
 
     /// [`Session::is_busy`] as of `now`: the peer's data counts for a
     /// stripe timeout after it arrived.
     pub fn is_busy_at(&self, now: Instant) -> bool {
-        self.send_backlog() > 0
-            || (self.fin_out.is_some() && !self.fin_acked)
+        self.sending()
             || self
                 .data_in_at
                 .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.stripe_timeout)
