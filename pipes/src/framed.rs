@@ -148,8 +148,17 @@ impl<P: Pipe> FramedPipe<P> {
         payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
     ) -> Result<bool, PipeError> {
         debug_assert!(self.out.is_none(), "a frame is already in progress");
+        // The one place a frame header is encoded (and its check computed
+        // over the payload).
+        let header = match t.data {
+            Some((off, len)) => {
+                let (a, b) = payload(off, len);
+                t.header.encode(&[a, b])
+            }
+            None => t.header.encode(&[&t.inline]),
+        };
         self.out = Some(OutFrame {
-            header: t.header,
+            header,
             data: t.data,
             inline: t.inline,
             written: 0,

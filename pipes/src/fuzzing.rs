@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::proto::auth::Key;
 use crate::proto::frame::{
     self, ABSOLUTE_MAX_PAYLOAD, ACK_FIN, FrameError, FrameType, HEADER_LEN, Header,
-    MAX_RST_PAYLOAD, decode, encode_vec,
+    MAX_RST_PAYLOAD, ResetReason, decode, encode_vec,
 };
 use crate::proto::handshake::{
     CLIENT_HELLO_LEN, CLIENT_MAGIC, ClientHello, HandshakeError, MAX_STRIPES, MIN_MAX_PAYLOAD,
@@ -123,7 +123,7 @@ fn decode_stream(data: &[u8], cap: usize) {
                 }
                 if f.header.ty == FrameType::Rst {
                     let (code, msg) = frame::parse_rst(f.payload);
-                    assert_eq!(code.to_be_bytes(), [f.payload[0], f.payload[1]]);
+                    assert_eq!(code.code().to_be_bytes(), [f.payload[0], f.payload[1]]);
                     assert!(msg.len() <= 3 * MAX_RST_PAYLOAD);
                 }
                 at += n;
@@ -808,7 +808,7 @@ impl Sim {
                 0..=7 => {
                     let code = input.u16()?;
                     self.hostile = true;
-                    self.s.abort(code, "fuzz abort");
+                    self.s.abort(ResetReason::from_code(code), "fuzz abort");
                     self.aborted.get_or_insert(code);
                 }
                 _ => self.s.release_idle_buffers(),
@@ -1322,14 +1322,15 @@ impl Sim {
             self.writable[i],
             "transmit on stripe {i}, which is not writable"
         );
-        let mut wire = t.header.to_vec();
+        let mut payload = t.inline.clone();
         if let Some((offset, len)) = t.data {
             let (a, b) = self.s.send_slices(offset, len);
             assert_eq!(a.len() + b.len(), len);
-            wire.extend_from_slice(a);
-            wire.extend_from_slice(b);
+            payload.extend_from_slice(a);
+            payload.extend_from_slice(b);
         }
-        wire.extend_from_slice(&t.inline);
+        let mut wire = t.header.encode(&[&payload]).to_vec();
+        wire.extend_from_slice(&payload);
         assert_eq!(t.len(), wire.len());
         let (f, n) = match decode(&wire, self.peer_max_payload) {
             Ok(Some(x)) => x,
@@ -1402,7 +1403,7 @@ impl Sim {
             }
             FrameType::Rst => {
                 let (code, _) = frame::parse_rst(f.payload);
-                assert_eq!(Some(code), self.aborted, "RST without abort");
+                assert_eq!(Some(code.code()), self.aborted, "RST without abort");
                 assert!(!self.rst_sent[i], "second RST on stripe {i}");
                 self.rst_sent[i] = true;
             }

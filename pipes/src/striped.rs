@@ -34,12 +34,13 @@ use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
 use crate::framed::{FramedError, FramedPipe, Next};
 use crate::proto::auth::Key;
+use crate::proto::frame::ResetReason;
 use crate::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
     Status, short_id,
 };
 use crate::proto::queue::{QueueBounds, QueueLimit};
-use crate::proto::session::{Session, SessionConfig, SessionError, reset};
+use crate::proto::session::{Session, SessionConfig, SessionError};
 use crate::sys;
 use crate::tcp::TcpPipe;
 
@@ -1088,11 +1089,11 @@ impl Pipe for StripedPipe {
             return;
         }
         let code = match reason.kind {
-            ErrorKind::Connect => reset::TARGET_UNREACHABLE,
-            ErrorKind::Protocol => reset::PROTOCOL,
-            ErrorKind::Shutdown => reset::SHUTDOWN,
-            ErrorKind::Timeout => reset::TIMEOUT,
-            _ => reset::APP_RESET,
+            ErrorKind::Connect => ResetReason::TargetUnreachable,
+            ErrorKind::Protocol => ResetReason::Protocol,
+            ErrorKind::Shutdown => ResetReason::Shutdown,
+            ErrorKind::Timeout => ResetReason::Timeout,
+            _ => ResetReason::AppReset,
         };
         self.session.abort(code, &reason.message);
     }

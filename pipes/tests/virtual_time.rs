@@ -133,13 +133,14 @@ impl End {
     }
 
     fn bytes_of(&self, t: &Transmit) -> Vec<u8> {
-        let mut v = t.header.to_vec();
+        let mut payload = t.inline.clone();
         if let Some((off, len)) = t.data {
             let (a, b) = self.session.send_slices(off, len);
-            v.extend_from_slice(a);
-            v.extend_from_slice(b);
+            payload.extend_from_slice(a);
+            payload.extend_from_slice(b);
         }
-        v.extend_from_slice(&t.inline);
+        let mut v = t.header.encode(&[&payload]).to_vec();
+        v.extend_from_slice(&payload);
         v
     }
 

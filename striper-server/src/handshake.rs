@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use pipes::TcpPipe;
 use pipes::proto::auth::Key;
-use pipes::proto::frame::{FrameType, encode_vec, rst_payload};
+use pipes::proto::frame::{FrameType, ResetReason, encode_vec, rst_payload};
 use pipes::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, PROOF_LEN, SERVER_HELLO_LEN,
     ServerHello, Status,
 };
-use pipes::proto::session::reset;
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
 const CLOSED: &str = "closed the connection during the handshake";
@@ -149,7 +148,7 @@ impl Handshake {
             FrameType::Rst,
             0,
             0,
-            &rst_payload(reset::AUTH, why),
+            &rst_payload(ResetReason::Auth, why),
         ));
         self.fail("failed authentication", why.to_string())
     }

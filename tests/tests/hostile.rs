@@ -26,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pipes::proto::frame::ResetReason;
 use pipes::proto::frame::{self, FrameType};
 use pipes::proto::handshake::{
     CLIENT_AUTH_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId, Status, short_id,
 };
-use pipes::proto::session::reset;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use striper_tests::harness::{
@@ -388,7 +388,7 @@ fn hostile_storm_during_a_real_session() {
             _ => {
                 if let Some((code, msg)) = find_rst(s.answer.get(SERVER_HELLO_LEN..).unwrap_or(&[]))
                 {
-                    assert_eq!(code, reset::AUTH, "{}: RST {msg}", s.kind);
+                    assert_eq!(code, ResetReason::Auth, "{}: RST {msg}", s.kind);
                 }
             }
         }
@@ -724,7 +724,12 @@ fn malformed_frames_end_only_their_session() {
         // What the forged client was told, if the RST was still readable.
         let rst = find_rst(&answer);
         if let Some((code, msg)) = &rst {
-            assert_eq!(*code, reset::PROTOCOL, "{}: RST code ({msg})", case.what);
+            assert_eq!(
+                *code,
+                ResetReason::Protocol,
+                "{}: RST code ({msg})",
+                case.what
+            );
             for e in case.expect {
                 assert!(msg.contains(e), "{}: the RST names {e:?}: {msg}", case.what);
             }

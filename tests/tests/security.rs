@@ -43,12 +43,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pipes::proto::frame::ResetReason;
 use pipes::proto::frame::{self, FrameType};
 use pipes::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
     Status, short_id,
 };
-use pipes::proto::session::reset;
 use striper_tests::harness::{
     self, AppClosed, HeldSession, IO_TIMEOUT, KeyFile, Pattern, Proc, Target, TempDir,
     assert_closed_promptly, echo, read_to_close,
@@ -146,7 +146,7 @@ fn assert_refused_auth(what: &str, a: &Answer) {
     );
     assert!(a.took < PROMPT, "{what}: closed after {:?}", a.took);
     if let Some((code, msg)) = &a.rst {
-        assert_eq!(*code, reset::AUTH, "{what}: RST code ({msg})");
+        assert_eq!(*code, ResetReason::Auth, "{what}: RST code ({msg})");
         assert!(msg.contains("authentication failed"), "{what}: {msg}");
     }
 }

@@ -18,8 +18,19 @@
 
 use std::fmt;
 
+/// Where each header field sits, the one place the layout is written.
+mod field {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const FLAGS: usize = 1;
+    pub const RESERVED: Range<usize> = 2..4;
+    pub const LENGTH: Range<usize> = 4..8;
+    pub const VALUE: Range<usize> = 8..16;
+    pub const CRC: Range<usize> = 16..20;
+}
+
 /// Bytes in a frame header.
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = field::CRC.end;
 
 /// Largest payload any build of striper will accept, whatever the flags say.
 pub const ABSOLUTE_MAX_PAYLOAD: usize = 1 << 20;
@@ -81,16 +92,16 @@ impl Header {
             self.len as usize
         );
         let mut h = [0u8; HEADER_LEN];
-        h[0] = self.ty as u8;
-        h[1] = self.flags;
-        h[4..8].copy_from_slice(&self.len.to_be_bytes());
-        h[8..16].copy_from_slice(&self.value.to_be_bytes());
+        h[field::TYPE] = self.ty as u8;
+        h[field::FLAGS] = self.flags;
+        h[field::LENGTH].copy_from_slice(&self.len.to_be_bytes());
+        h[field::VALUE].copy_from_slice(&self.value.to_be_bytes());
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&h[..16]);
+        crc.update(&h[..field::CRC.start]);
         for p in payload {
             crc.update(p);
         }
-        h[16..20].copy_from_slice(&crc.finalize().to_be_bytes());
+        h[field::CRC].copy_from_slice(&crc.finalize().to_be_bytes());
         h
     }
 }
@@ -161,9 +172,9 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<Option<(Frame<'_>, usize
         return Ok(None);
     }
     let payload = &buf[HEADER_LEN..total];
-    let expected = u32::from_be_bytes([buf[16], buf[17], buf[18], buf[19]]);
+    let expected = be32(&buf[field::CRC]);
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&buf[..16]);
+    crc.update(&buf[..field::CRC.start]);
     crc.update(payload);
     let computed = crc.finalize();
     if computed != expected {
@@ -183,12 +194,13 @@ pub fn needed(buf: &[u8], max_payload: usize) -> Result<usize, FrameError> {
 }
 
 fn parse_header(buf: &[u8], max_payload: usize) -> Result<Header, FrameError> {
-    let ty = FrameType::from_u8(buf[0]).ok_or(FrameError::UnknownType(buf[0]))?;
-    let reserved = u16::from_be_bytes([buf[2], buf[3]]);
+    let ty =
+        FrameType::from_u8(buf[field::TYPE]).ok_or(FrameError::UnknownType(buf[field::TYPE]))?;
+    let reserved = u16::from_be_bytes(buf[field::RESERVED].try_into().expect("2 bytes"));
     if reserved != 0 {
         return Err(FrameError::ReservedBits(reserved));
     }
-    let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let len = be32(&buf[field::LENGTH]);
     let max = max_payload.min(ABSOLUTE_MAX_PAYLOAD);
     let ok_len = match ty {
         FrameType::Data => {
@@ -203,13 +215,17 @@ fn parse_header(buf: &[u8], max_payload: usize) -> Result<Header, FrameError> {
     if !ok_len {
         return Err(FrameError::BadLength { ty, len });
     }
-    let value = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
+    let value = u64::from_be_bytes(buf[field::VALUE].try_into().expect("8 bytes"));
     Ok(Header {
         ty,
-        flags: buf[1],
+        flags: buf[field::FLAGS],
         len,
         value,
     })
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b.try_into().expect("4 bytes"))
 }
 
 /// Encodes a whole frame into a new vector (control frames, tests).
@@ -227,9 +243,58 @@ pub fn encode_vec(ty: FrameType, flags: u8, value: u64, payload: &[u8]) -> Vec<u
     v
 }
 
-/// The payload of an RST frame.
-pub fn rst_payload(code: u16, msg: &str) -> Vec<u8> {
-    let mut v = code.to_be_bytes().to_vec();
+/// Why a session was aborted: the code an RST frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The peer broke the protocol.
+    Protocol,
+    /// The application reset its connection, or another local failure.
+    AppReset,
+    /// The server could not reach its target.
+    TargetUnreachable,
+    /// The sender is shutting down.
+    Shutdown,
+    /// Every stripe was lost and none came back.
+    AllStripesLost,
+    /// The stripe's proof of the key was wrong.
+    Auth,
+    /// Nothing was heard for too long.
+    Timeout,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ResetReason {
+    pub fn code(self) -> u16 {
+        match self {
+            ResetReason::Protocol => 1,
+            ResetReason::AppReset => 2,
+            ResetReason::TargetUnreachable => 3,
+            ResetReason::Shutdown => 4,
+            ResetReason::AllStripesLost => 5,
+            ResetReason::Auth => 6,
+            ResetReason::Timeout => 7,
+            ResetReason::Other(c) => c,
+        }
+    }
+
+    pub fn from_code(c: u16) -> ResetReason {
+        match c {
+            1 => ResetReason::Protocol,
+            2 => ResetReason::AppReset,
+            3 => ResetReason::TargetUnreachable,
+            4 => ResetReason::Shutdown,
+            5 => ResetReason::AllStripesLost,
+            6 => ResetReason::Auth,
+            7 => ResetReason::Timeout,
+            c => ResetReason::Other(c),
+        }
+    }
+}
+
+/// The payload of an RST frame: the reason's code and a message, cut to fit.
+pub fn rst_payload(reason: ResetReason, msg: &str) -> Vec<u8> {
+    let mut v = reason.code().to_be_bytes().to_vec();
     let mut end = msg.len().min(MAX_RST_PAYLOAD - 2);
     while !msg.is_char_boundary(end) {
         end -= 1;
@@ -238,10 +303,13 @@ pub fn rst_payload(code: u16, msg: &str) -> Vec<u8> {
     v
 }
 
-/// Splits an RST payload into its code and (lossily decoded) message.
-pub fn parse_rst(payload: &[u8]) -> (u16, String) {
+/// Splits an RST payload into its reason and (lossily decoded) message.
+pub fn parse_rst(payload: &[u8]) -> (ResetReason, String) {
     let code = u16::from_be_bytes([payload[0], payload[1]]);
-    (code, String::from_utf8_lossy(&payload[2..]).into_owned())
+    (
+        ResetReason::from_code(code),
+        String::from_utf8_lossy(&payload[2..]).into_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -254,7 +322,12 @@ mod tests {
             (FrameType::Data, 0, 123_456_789_012, b"hello".to_vec()),
             (FrameType::Ack, ACK_FIN, u64::MAX, vec![]),
             (FrameType::Fin, 0, 42, vec![]),
-            (FrameType::Rst, 0, 0, rst_payload(7, "target refused")),
+            (
+                FrameType::Rst,
+                0,
+                0,
+                rst_payload(ResetReason::Timeout, "target refused"),
+            ),
             (FrameType::Ping, 0, 99, vec![]),
             (FrameType::Pong, 0, 99, vec![]),
         ];
@@ -272,7 +345,10 @@ mod tests {
             at += n;
         }
         assert_eq!(at, stream.len());
-        assert_eq!(parse_rst(&rst_payload(7, "x")), (7, "x".to_string()));
+        assert_eq!(
+            parse_rst(&rst_payload(ResetReason::Auth, "x")),
+            (ResetReason::Auth, "x".to_string())
+        );
     }
 
     #[test]
@@ -301,7 +377,7 @@ mod tests {
     #[test]
     fn oversized_frame_refused_at_header() {
         let mut f = encode_vec(FrameType::Data, 0, 0, &[1u8; 10]);
-        f[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        f[field::LENGTH].copy_from_slice(&u32::MAX.to_be_bytes());
         // Only the header is present: the cap must trip without the payload.
         assert!(matches!(
             decode(&f[..HEADER_LEN], 65536),
@@ -339,7 +415,7 @@ mod tests {
         let f = encode_vec(FrameType::Rst, 0, 0, b"x");
         assert!(matches!(decode(&f, 100), Err(FrameError::BadLength { .. })));
         let mut f = encode_vec(FrameType::Fin, 0, 1, b"");
-        f[3] = 1;
+        f[field::RESERVED.end - 1] = 1;
         assert_eq!(decode(&f, 100), Err(FrameError::ReservedBits(1)));
     }
 }

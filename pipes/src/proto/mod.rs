@@ -6,8 +6,12 @@
 pub mod auth;
 pub mod frame;
 pub mod handshake;
+pub mod keepalive;
 pub mod queue;
+pub mod range_set;
 pub mod reassembly;
+pub mod receive;
 pub mod ring;
 pub mod scheduler;
+pub mod send_buffer;
 pub mod session;

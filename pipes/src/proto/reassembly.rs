@@ -7,9 +7,9 @@
 //! beyond it is a protocol violation, not something to buffer: memory stays
 //! bounded by the window whatever the peer does.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
+use super::range_set::RangeSet;
 use super::ring::ByteRing;
 
 /// Reasons a DATA frame cannot be accepted.
@@ -52,7 +52,7 @@ pub struct Reassembler {
     /// End of the contiguous prefix: `delivered..ready` can be read now.
     ready: u64,
     /// Received pieces beyond `ready`, start -> end, disjoint, not touching.
-    pieces: BTreeMap<u64, u64>,
+    pieces: RangeSet,
     window: u64,
     max_pieces: usize,
 }
@@ -63,7 +63,7 @@ impl Reassembler {
             ring: ByteRing::new(),
             delivered: 0,
             ready: 0,
-            pieces: BTreeMap::new(),
+            pieces: RangeSet::new(),
             window,
             max_pieces,
         }
@@ -121,17 +121,11 @@ impl Reassembler {
         }
         let start = offset.max(self.ready);
         let data = &data[(start - offset) as usize..];
-        // Merge first, so a refused insert changes nothing.
-        let mut new_start = start;
-        let mut new_end = end;
-        let overlapping: Vec<u64> = self
-            .pieces
-            .range(..=end)
-            .rev()
-            .take_while(|&(_, &e)| e >= start)
-            .map(|(&s, _)| s)
-            .collect();
-        if overlapping.is_empty() && start > self.ready && self.pieces.len() >= self.max_pieces {
+        // Checked first, so a refused insert changes nothing.
+        if start > self.ready
+            && !self.pieces.touches(start, end)
+            && self.pieces.len() >= self.max_pieces
+        {
             return Err(ReassemblyError::TooFragmented {
                 ranges: self.pieces.len() + 1,
             });
@@ -140,15 +134,10 @@ impl Reassembler {
         let reserved = self.ring.reserve(pos + data.len(), self.window as usize);
         debug_assert!(reserved, "window check above bounds the ring");
         self.ring.write_at(pos, data);
-        for s in overlapping {
-            let e = self.pieces.remove(&s).expect("listed");
-            new_start = new_start.min(s);
-            new_end = new_end.max(e);
-        }
-        if new_start <= self.ready {
-            self.ready = new_end;
-        } else {
-            self.pieces.insert(new_start, new_end);
+        let (s, e) = self.pieces.insert(start, end);
+        if s <= self.ready {
+            self.pieces.remove_range(s);
+            self.ready = e;
         }
         Ok(())
     }
