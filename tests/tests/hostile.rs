@@ -45,7 +45,7 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 const TRANSFER: Duration = Duration::from_secs(90);
 
 /// The RST frame among the frames in `bytes`, as (code, message).
-fn find_rst(mut bytes: &[u8]) -> Option<(u16, String)> {
+fn find_rst(mut bytes: &[u8]) -> Option<(ResetReason, String)> {
     while let Ok(Some((f, n))) = frame::decode(bytes, 1 << 20) {
         if f.header.ty == FrameType::Rst {
             return Some(frame::parse_rst(f.payload));

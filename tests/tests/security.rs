@@ -99,7 +99,7 @@ fn frames(mut bytes: &[u8]) -> Vec<(FrameType, u64, Vec<u8>)> {
 /// the reset left them readable.
 struct Answer {
     hello: Option<ServerHello>,
-    rst: Option<(u16, String)>,
+    rst: Option<(ResetReason, String)>,
     ended: Result<(), io::ErrorKind>,
     took: Duration,
 }

@@ -16,6 +16,41 @@
 
 use std::fmt;
 
+mod client;
+mod server;
+
+pub use client::{ClientHandshake, ClientStep};
+pub use server::{ServerHandshake, ServerStep};
+
+/// Where each field of the two hellos sits, the one place the layout is
+/// written.
+mod field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    /// ClientHello: Open or Join. ServerHello: the status.
+    pub const KIND: usize = 5;
+    pub const STATUS: usize = 5;
+    pub mod client {
+        use std::ops::Range;
+        pub const INDEX: usize = 6;
+        pub const COUNT: usize = 7;
+        pub const SESSION: Range<usize> = 8..24;
+        pub const NONCE: Range<usize> = 24..40;
+        pub const WINDOW: Range<usize> = 40..44;
+        pub const MAX_PAYLOAD: Range<usize> = 44..48;
+        pub const RESERVED: Range<usize> = 48..64;
+    }
+    pub mod server {
+        use std::ops::Range;
+        pub const RESERVED: Range<usize> = 6..8;
+        pub const NONCE: Range<usize> = 8..24;
+        pub const WINDOW: Range<usize> = 24..28;
+        pub const MAX_PAYLOAD: Range<usize> = 28..32;
+        pub const PROOF: Range<usize> = 32..64;
+    }
+}
+
 pub const CLIENT_HELLO_LEN: usize = 64;
 pub const SERVER_HELLO_LEN: usize = 64;
 pub const CLIENT_AUTH_LEN: usize = 32;
@@ -178,40 +213,42 @@ impl std::error::Error for HandshakeError {}
 
 impl ClientHello {
     pub fn encode(&self) -> [u8; CLIENT_HELLO_LEN] {
+        use field::client as f;
         let mut b = [0u8; CLIENT_HELLO_LEN];
-        b[0..4].copy_from_slice(&CLIENT_MAGIC);
-        b[4] = VERSION;
-        b[5] = self.kind as u8;
-        b[6] = self.index;
-        b[7] = self.count;
-        b[8..24].copy_from_slice(&self.session);
-        b[24..40].copy_from_slice(&self.nonce);
-        b[40..44].copy_from_slice(&self.window.to_be_bytes());
-        b[44..48].copy_from_slice(&self.max_payload.to_be_bytes());
+        b[field::MAGIC].copy_from_slice(&CLIENT_MAGIC);
+        b[field::VERSION] = VERSION;
+        b[field::KIND] = self.kind as u8;
+        b[f::INDEX] = self.index;
+        b[f::COUNT] = self.count;
+        b[f::SESSION].copy_from_slice(&self.session);
+        b[f::NONCE].copy_from_slice(&self.nonce);
+        b[f::WINDOW].copy_from_slice(&self.window.to_be_bytes());
+        b[f::MAX_PAYLOAD].copy_from_slice(&self.max_payload.to_be_bytes());
         b
     }
 
     /// Parses a ClientHello. The magic is checked as soon as 4 bytes are in,
     /// so garbage is refused without waiting for 64 bytes of it.
     pub fn parse(b: &[u8]) -> Result<Option<ClientHello>, HandshakeError> {
+        use field::client as f;
         check_magic(b, CLIENT_MAGIC)?;
         if b.len() < CLIENT_HELLO_LEN {
             return Ok(None);
         }
-        if b[4] != VERSION {
-            return Err(HandshakeError::BadVersion(b[4]));
+        if b[field::VERSION] != VERSION {
+            return Err(HandshakeError::BadVersion(b[field::VERSION]));
         }
-        let kind = match b[5] {
+        let kind = match b[field::KIND] {
             1 => Kind::Open,
             2 => Kind::Join,
             _ => return Err(HandshakeError::BadField("kind")),
         };
-        let (index, count) = (b[6], b[7]);
+        let (index, count) = (b[f::INDEX], b[f::COUNT]);
         if count == 0 || count > MAX_STRIPES || index >= count {
             return Err(HandshakeError::BadField("stripe index/count"));
         }
-        let window = u32::from_be_bytes(b[40..44].try_into().expect("4"));
-        let max_payload = u32::from_be_bytes(b[44..48].try_into().expect("4"));
+        let window = be32(&b[f::WINDOW]);
+        let max_payload = be32(&b[f::MAX_PAYLOAD]);
         if window < MIN_WINDOW {
             return Err(HandshakeError::BadField(
                 "window below the protocol minimum",
@@ -222,15 +259,15 @@ impl ClientHello {
                 "max payload below the protocol minimum",
             ));
         }
-        if b[48..64].iter().any(|&x| x != 0) {
+        if b[f::RESERVED].iter().any(|&x| x != 0) {
             return Err(HandshakeError::BadField("reserved bytes"));
         }
         Ok(Some(ClientHello {
             kind,
             index,
             count,
-            session: b[8..24].try_into().expect("16"),
-            nonce: b[24..40].try_into().expect("16"),
+            session: b[f::SESSION].try_into().expect("16"),
+            nonce: b[f::NONCE].try_into().expect("16"),
             window,
             max_payload,
         }))
@@ -239,35 +276,40 @@ impl ClientHello {
 
 impl ServerHello {
     pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
+        use field::server as f;
         let mut b = [0u8; SERVER_HELLO_LEN];
-        b[0..4].copy_from_slice(&SERVER_MAGIC);
-        b[4] = VERSION;
-        b[5] = self.status.code();
-        b[8..24].copy_from_slice(&self.nonce);
-        b[24..28].copy_from_slice(&self.window.to_be_bytes());
-        b[28..32].copy_from_slice(&self.max_payload.to_be_bytes());
-        b[32..64].copy_from_slice(&self.proof);
+        b[field::MAGIC].copy_from_slice(&SERVER_MAGIC);
+        b[field::VERSION] = VERSION;
+        b[field::STATUS] = self.status.code();
+        b[f::NONCE].copy_from_slice(&self.nonce);
+        b[f::WINDOW].copy_from_slice(&self.window.to_be_bytes());
+        b[f::MAX_PAYLOAD].copy_from_slice(&self.max_payload.to_be_bytes());
+        b[f::PROOF].copy_from_slice(&self.proof);
         b
     }
 
     /// The bytes a proof covers: the whole message with the proof zeroed.
     pub fn transcript(&self) -> [u8; SERVER_HELLO_LEN] {
         let mut b = self.encode();
-        b[32..64].fill(0);
+        b[field::server::PROOF].fill(0);
         b
     }
 
     pub fn parse(b: &[u8]) -> Result<Option<ServerHello>, HandshakeError> {
+        use field::server as f;
         check_magic(b, SERVER_MAGIC)?;
         if b.len() < SERVER_HELLO_LEN {
             return Ok(None);
         }
-        if b[4] != VERSION {
-            return Err(HandshakeError::BadVersion(b[4]));
+        if b[field::VERSION] != VERSION {
+            return Err(HandshakeError::BadVersion(b[field::VERSION]));
         }
-        let status = Status::from_code(b[5]);
-        let window = u32::from_be_bytes(b[24..28].try_into().expect("4"));
-        let max_payload = u32::from_be_bytes(b[28..32].try_into().expect("4"));
+        if b[f::RESERVED].iter().any(|&x| x != 0) {
+            return Err(HandshakeError::BadField("reserved bytes"));
+        }
+        let status = Status::from_code(b[field::STATUS]);
+        let window = be32(&b[f::WINDOW]);
+        let max_payload = be32(&b[f::MAX_PAYLOAD]);
         if status == Status::Ok && (window < MIN_WINDOW || max_payload < MIN_MAX_PAYLOAD) {
             return Err(HandshakeError::BadField(
                 "window or max payload below the protocol minimum",
@@ -275,12 +317,16 @@ impl ServerHello {
         }
         Ok(Some(ServerHello {
             status,
-            nonce: b[8..24].try_into().expect("16"),
+            nonce: b[f::NONCE].try_into().expect("16"),
             window,
             max_payload,
-            proof: b[32..64].try_into().expect("32"),
+            proof: b[f::PROOF].try_into().expect("32"),
         }))
     }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b.try_into().expect("4 bytes"))
 }
 
 fn check_magic(b: &[u8], magic: [u8; 4]) -> Result<(), HandshakeError> {
@@ -342,20 +388,20 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let mut b = hello().encode();
-        b[4] = 9;
+        b[field::VERSION] = 9;
         assert_eq!(ClientHello::parse(&b), Err(HandshakeError::BadVersion(9)));
         let mut b = hello().encode();
-        b[6] = 4;
+        b[field::client::INDEX] = 4;
         assert_eq!(
             ClientHello::parse(&b),
             Err(HandshakeError::BadField("stripe index/count"))
         );
         let mut b = hello().encode();
-        b[7] = 65;
-        b[6] = 0;
+        b[field::client::COUNT] = 65;
+        b[field::client::INDEX] = 0;
         assert!(ClientHello::parse(&b).is_err());
         let mut b = hello().encode();
-        b[60] = 1;
+        b[field::client::RESERVED.start + 12] = 1;
         assert_eq!(
             ClientHello::parse(&b),
             Err(HandshakeError::BadField("reserved bytes"))
