@@ -8,8 +8,10 @@ pub mod fuzzing;
 pub mod proto;
 
 mod buf;
+pub mod config;
 pub mod framed;
 pub mod keyfile;
+pub mod stripe;
 pub mod striped;
 pub mod sys;
 pub mod tcp;

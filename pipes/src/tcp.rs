@@ -68,9 +68,7 @@ impl TcpPipe {
                 Err(e) => last = Some(PipeError::io(&name, &e)),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            PipeError::new(ErrorKind::Connect, format!("{name} has no address"))
-        }))
+        Err(last.unwrap_or_else(|| PipeError::about(ErrorKind::Connect, &name, "has no address")))
     }
 
     fn new(sock: TcpStream, name: String, state: State) -> TcpPipe {
@@ -197,12 +195,10 @@ impl TcpPipe {
             {
                 if now.saturating_duration_since(since) >= self.connect_timeout {
                     let t = self.connect_timeout.as_secs_f64();
-                    return Err(self.fail(PipeError::new(
+                    return Err(self.fail(PipeError::about(
                         ErrorKind::Connect,
-                        format!(
-                            "{} unreachable: no answer to connect within {t:.0} s",
-                            self.name
-                        ),
+                        &self.name,
+                        format!("unreachable: no answer to connect within {t:.0} s"),
                     )));
                 }
                 Ok(())

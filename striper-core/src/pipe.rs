@@ -77,12 +77,15 @@ pub enum Readable<'a> {
     Eof,
 }
 
-/// Why a pipe failed, in words a log line can print as they are.
+/// Why a pipe failed: its class, and words a log line can print as they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipeError {
     pub kind: ErrorKind,
     /// The whole cause, e.g. "target 127.0.0.1:22 refused the connection".
     pub message: String,
+    /// Where the cause starts after the subject ("target 127.0.0.1:22"),
+    /// so a caller can re-word the subject without parsing the message.
+    detail_at: usize,
 }
 
 /// Broad classes of failure: they pick the RST reason code and the exit
@@ -111,30 +114,50 @@ impl PipeError {
         PipeError {
             kind,
             message: message.into(),
+            detail_at: 0,
         }
+    }
+
+    /// An error about `subject`: "{subject} {detail}".
+    pub fn about(kind: ErrorKind, subject: &str, detail: impl std::fmt::Display) -> PipeError {
+        PipeError {
+            kind,
+            message: format!("{subject} {detail}"),
+            detail_at: subject.len() + 1,
+        }
+    }
+
+    /// The cause without its subject: "refused the connection".
+    pub fn detail(&self) -> &str {
+        &self.message[self.detail_at..]
     }
 
     /// Classifies an IO error from `what` ("target 127.0.0.1:22", "client
     /// 10.0.0.5:40022", "stripe 3") into a message naming both.
     pub fn io(what: &str, e: &io::Error) -> PipeError {
         use io::ErrorKind as K;
-        match e.kind() {
-            K::ConnectionRefused => {
-                PipeError::new(ErrorKind::Connect, format!("{what} refused the connection"))
-            }
+        let (kind, detail) = match e.kind() {
+            K::ConnectionRefused => (ErrorKind::Connect, "refused the connection".to_string()),
             K::ConnectionReset | K::ConnectionAborted => {
-                PipeError::new(ErrorKind::Reset, format!("{what} reset the connection"))
+                (ErrorKind::Reset, "reset the connection".to_string())
             }
-            K::BrokenPipe => PipeError::new(
+            K::BrokenPipe => (
                 ErrorKind::Reset,
-                format!("{what} closed the connection (broken pipe)"),
+                "closed the connection (broken pipe)".to_string(),
             ),
-            K::TimedOut => PipeError::new(ErrorKind::Timeout, format!("{what} timed out")),
+            K::TimedOut => (ErrorKind::Timeout, "timed out".to_string()),
             K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
-                PipeError::new(ErrorKind::Connect, format!("{what} unreachable: {e}"))
+                (ErrorKind::Connect, format!("unreachable: {e}"))
             }
-            _ => PipeError::new(ErrorKind::Io, format!("{what}: {e}")),
-        }
+            _ => {
+                return PipeError {
+                    kind: ErrorKind::Io,
+                    message: format!("{what}: {e}"),
+                    detail_at: what.len() + 2,
+                };
+            }
+        };
+        PipeError::about(kind, what, detail)
     }
 }
 

@@ -1,11 +1,13 @@
-//! The server side of a stripe's handshake, as a task of its own.
+//! A new connection's handshake, as a task of its own: the IO around
+//! [`ServerHandshake`], the sans-IO state machine in `pipes::proto`.
 //!
 //! A new connection is a `Handshake` until it has sent a valid ClientHello
 //! and ClientAuth; only then does it reach a session (and through it the
 //! target). The task stops twice: with the hello, so the server can judge
 //! it against its sessions and answer; and with the proof, so the server can
-//! move the socket into its session. Whatever the peer sends, the task ends
-//! within the handshake timeout.
+//! move the socket into its session (it stays registered with the event
+//! loop; the session takes it over under its own token). Whatever the peer
+//! sends, the task ends within the handshake timeout.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,11 +16,7 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use pipes::TcpPipe;
 use pipes::proto::auth::Key;
-use pipes::proto::frame::{FrameType, ResetReason, encode_vec, rst_payload};
-use pipes::proto::handshake::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, PROOF_LEN, SERVER_HELLO_LEN,
-    ServerHello, Status,
-};
+use pipes::proto::handshake::{ClientHello, SERVER_HELLO_LEN, ServerHandshake, ServerStep, Status};
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
 const CLOSED: &str = "closed the connection during the handshake";
@@ -39,25 +37,15 @@ pub enum Progress {
     Cancelled,
 }
 
-enum Phase {
-    Hello,
-    /// Waiting for the client's proof over this transcript.
-    Auth {
-        hello: ClientHello,
-        transcript: [u8; SERVER_HELLO_LEN],
-    },
-}
-
 pub struct Handshake {
     tcp: TcpPipe,
     /// When the connection was accepted (the oldest are evicted first when
     /// the server is at --max-pending).
     accepted_at: Instant,
-    key: Option<Key>,
     peer: SocketAddr,
     timeout: Duration,
     deadline: Option<Instant>,
-    phase: Phase,
+    machine: ServerHandshake,
     progress: Progress,
 }
 
@@ -66,11 +54,10 @@ impl Handshake {
         Handshake {
             tcp,
             accepted_at: Instant::now(),
-            key,
             peer,
             timeout,
             deadline: None,
-            phase: Phase::Hello,
+            machine: ServerHandshake::new(key),
             progress: Progress::Reading,
         }
     }
@@ -91,48 +78,25 @@ impl Handshake {
         self.progress = Progress::Cancelled;
     }
 
+    /// The connection, still registered with the event loop (under this
+    /// task's token) when the handshake completed.
     pub fn into_tcp(self) -> TcpPipe {
         self.tcp
     }
 
-    /// Sends the server's answer to `hello`; with `Status::Ok` the task
+    /// Sends the server's verdict on the hello; with `Status::Ok` the task
     /// goes on to read the client's proof.
-    pub fn answer(
-        &mut self,
-        hello: &ClientHello,
-        status: Status,
-        window: u32,
-        max_payload: u32,
-    ) -> Result<(), String> {
+    pub fn answer(&mut self, status: Status, window: u32, max_payload: u32) -> Result<(), String> {
         let mut nonce = [0u8; 16];
         rand::fill(&mut nonce);
-        let mut answer = ServerHello {
-            status,
-            nonce,
-            window,
-            max_payload,
-            proof: [0; PROOF_LEN],
-        };
-        let transcript = answer.transcript();
-        if let Some(key) = &self.key
-            && status == Status::Ok
-        {
-            answer.proof = key.server_proof(&hello.encode(), &transcript);
-        }
+        let answer = self.machine.answer(status, window, max_payload, nonce);
         // A fresh socket always has room for 64 bytes; anything else means
         // the peer is already gone.
-        match self.tcp.write(&answer.encode()) {
-            Ok(SERVER_HELLO_LEN) => {}
-            Ok(_) => return Err("the connection would not take the 64-byte answer".into()),
-            Err(e) => return Err(e.to_string()),
+        match self.tcp.write(&answer) {
+            Ok(SERVER_HELLO_LEN) => Ok(()),
+            Ok(_) => Err("the connection would not take the 64-byte answer".into()),
+            Err(e) => Err(e.to_string()),
         }
-        if status == Status::Ok {
-            self.phase = Phase::Auth {
-                hello: hello.clone(),
-                transcript,
-            };
-        }
-        Ok(())
     }
 
     fn fail(&mut self, class: &'static str, why: String) -> TaskStatus {
@@ -140,47 +104,26 @@ impl Handshake {
         TaskStatus::Done
     }
 
-    /// The client's proof is wrong: tell it why with an RST frame (it may
-    /// already be sending frames), then close.
-    fn auth_failed(&mut self) -> TaskStatus {
-        let why = "authentication failed: the client's proof does not match this server's key (wrong key, or none)";
-        let _ = self.tcp.write(&encode_vec(
-            FrameType::Rst,
-            0,
-            0,
-            &rst_payload(ResetReason::Auth, why),
-        ));
-        self.fail("failed authentication", why.to_string())
-    }
-
-    fn refuse(&mut self, e: &HandshakeError) -> TaskStatus {
-        // A striper client of another version, or a broken one, gets told
-        // why; anything else (not even our magic) just gets closed.
-        if matches!(e, HandshakeError::BadMagic(_)) {
-            return self.fail(
-                "sent bytes that are not a striper handshake",
-                format!("{e}"),
-            );
-        }
-        {
-            let hello = ServerHello {
-                status: e.status(),
-                nonce: [0; 16],
-                window: 0,
-                max_payload: 0,
-                proof: [0; PROOF_LEN],
-            };
-            let _ = self.tcp.write(&hello.encode());
-        }
-        self.fail("sent an invalid handshake", format!("{e}"))
-    }
-
+    /// The connection is registered with the event loop once for its whole
+    /// life: when the task comes back after its hello was answered it only
+    /// gets its new token.
     pub fn register(&mut self, registry: &Registry, span: TokenSpan) -> io::Result<()> {
-        self.tcp.register(registry, span)
+        if self.tcp.token().is_some() {
+            self.tcp.reregister(registry, span.token(0))
+        } else {
+            self.tcp.register(registry, span)
+        }
     }
 
+    /// A handshake that stops to be judged, or that completed, keeps its
+    /// socket registered: it comes back, or a session takes it over.
     pub fn deregister(&mut self, registry: &Registry) {
-        self.tcp.deregister(registry)
+        if !matches!(
+            self.progress,
+            Progress::HelloReceived(_) | Progress::Complete(_)
+        ) {
+            self.tcp.deregister(registry)
+        }
     }
 
     pub fn on_ready(&mut self, token: Token, ready: Ready) {
@@ -193,11 +136,10 @@ impl Handshake {
         }
         let deadline = *self.deadline.get_or_insert(cx.now + self.timeout);
         // A client that finds our proof wrong (another key) hangs up here.
-        let when = match self.phase {
-            Phase::Hello => "",
-            Phase::Auth { .. } => {
-                " before proving the key (a client with another key does this, or one that gave up waiting for our answer)"
-            }
+        let when = if self.machine.awaiting_proof() {
+            " before proving the key (a client with another key does this, or one that gave up waiting for our answer)"
+        } else {
+            ""
         };
         let bytes = match self.tcp.fill_buf() {
             Err(e) => return self.fail(CLOSED, format!("{e}{when}")),
@@ -205,29 +147,23 @@ impl Handshake {
             Ok(Readable::Pending) => &[][..],
             Ok(Readable::Bytes(b)) => b,
         };
-        match &self.phase {
-            Phase::Hello => match ClientHello::parse(bytes) {
-                Ok(Some(hello)) => {
-                    self.tcp.consume(CLIENT_HELLO_LEN);
-                    self.progress = Progress::HelloReceived(hello);
-                    return TaskStatus::Done;
+        let (used, step) = self.machine.handle(bytes);
+        self.tcp.consume(used);
+        match step {
+            ServerStep::Pending => {}
+            ServerStep::Hello(hello) => {
+                self.progress = Progress::HelloReceived(hello);
+                return TaskStatus::Done;
+            }
+            ServerStep::Complete(hello) => {
+                self.progress = Progress::Complete(hello);
+                return TaskStatus::Done;
+            }
+            ServerStep::Failed { class, why, reply } => {
+                if !reply.is_empty() {
+                    let _ = self.tcp.write(&reply);
                 }
-                Ok(None) => {}
-                Err(e) => return self.refuse(&e),
-            },
-            Phase::Auth { hello, transcript } => {
-                if bytes.len() >= CLIENT_AUTH_LEN {
-                    let hello = hello.clone();
-                    let proven = self.key.as_ref().is_none_or(|k| {
-                        k.verify_client(&hello.encode(), transcript, &bytes[..CLIENT_AUTH_LEN])
-                    });
-                    if !proven {
-                        return self.auth_failed();
-                    }
-                    self.tcp.consume(CLIENT_AUTH_LEN);
-                    self.progress = Progress::Complete(hello);
-                    return TaskStatus::Done;
-                }
+                return self.fail(class, why);
             }
         }
         if self.tcp.at_eof() {

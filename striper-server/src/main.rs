@@ -411,7 +411,6 @@ impl Server {
             Progress::HelloReceived(hello) => {
                 let status = self.judge(&hello);
                 if let Err(e) = h.answer(
-                    &hello,
                     status,
                     self.cfg.session.window,
                     self.cfg.session.max_payload,

@@ -24,117 +24,29 @@
 //!   a client that never reached the server fails as soon as its first
 //!   stripes have all failed: there is no session to resume.
 
+mod client;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::{Registry, Token};
-use rand::RngExt;
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
-use crate::framed::{FramedError, FramedPipe, Next};
-use crate::proto::auth::Key;
+pub use crate::config::{StripedConfig, UnsentLimit};
+use crate::framed::{FramedError, Next};
 use crate::proto::frame::ResetReason;
-use crate::proto::handshake::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
-    Status, short_id,
-};
-use crate::proto::queue::{QueueBounds, QueueLimit};
-use crate::proto::session::{Session, SessionConfig, SessionError};
-use crate::sys;
+use crate::proto::handshake::{ClientHello, SessionId, short_id};
+use crate::proto::session::{Session, SessionError};
+use crate::stripe::{Stripe, StripeState};
 use crate::tcp::TcpPipe;
+
+pub use client::new_session_id;
 
 /// Bytes read from one stripe per drive before others get a turn.
 const READ_BUDGET: usize = 1 << 20;
 /// Bytes written per drive before the pipe yields.
 const WRITE_BUDGET: usize = 4 << 20;
-/// Interval between round-trip readings of a stripe.
-const RTT_INTERVAL: Duration = Duration::from_millis(100);
-/// First re-dial delay; doubles per failed attempt up to the maximum.
-const REDIAL_BASE: Duration = Duration::from_millis(200);
-const REDIAL_MAX: Duration = Duration::from_secs(5);
-
-/// Settings of the IO side of a session.
-#[derive(Clone, Debug)]
-pub struct StripedConfig {
-    pub session: SessionConfig,
-    /// Unsent bytes a stripe socket may hold (TCP_NOTSENT_LOWAT).
-    pub unsent: UnsentLimit,
-    /// Congestion control of the stripe sockets; `None`: the system's.
-    pub congestion: Option<String>,
-    /// How long a stripe may take to connect.
-    pub connect_timeout: Duration,
-    /// How long a finished or aborted session waits for the peer to close.
-    pub close_linger: Duration,
-    /// Buffers of a session idle this long are freed.
-    pub idle_release: Duration,
-    /// How long a session with no stripe at all is kept for a stripe to
-    /// come back. Zero: fail at once.
-    pub resume_timeout: Duration,
-    /// The pre-shared key; `None` runs without authentication.
-    pub key: Option<Key>,
-}
-
-impl Default for StripedConfig {
-    fn default() -> Self {
-        StripedConfig {
-            session: SessionConfig::default(),
-            unsent: UnsentLimit::Auto(QueueBounds::default()),
-            congestion: None,
-            connect_timeout: Duration::from_secs(10),
-            close_linger: Duration::from_secs(5),
-            idle_release: Duration::from_secs(2),
-            resume_timeout: Duration::from_secs(60),
-            key: None,
-        }
-    }
-}
-
-/// How each stripe's unsent limit is set.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnsentLimit {
-    /// Follows the stripe's rate x round trip (see [`crate::proto::queue`]).
-    Auto(QueueBounds),
-    /// The same for every stripe, whatever its path.
-    Fixed(u32),
-}
-
-impl UnsentLimit {
-    fn initial(&self) -> u32 {
-        match *self {
-            UnsentLimit::Auto(b) => b.floor,
-            UnsentLimit::Fixed(n) => n,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StripeState {
-    /// Client: TCP connect in progress.
-    Connecting,
-    /// Client: hello sent; the server's answer is next to read. Without a
-    /// key, frames already go out.
-    AwaitServerHello,
-    Up,
-    /// The peer closed its side at the end of the session; we only write.
-    PeerClosed,
-    /// Closing: our FIN is out, reading until the peer's.
-    Draining,
-}
-
-struct Stripe {
-    framed: FramedPipe<TcpPipe>,
-    state: StripeState,
-    /// When the stripe entered its state (for the handshake timeout).
-    since: Option<Instant>,
-    last_rtt: Option<Instant>,
-    /// The unsent limit this stripe's socket has, and how it moves.
-    queue: QueueLimit,
-    /// Client: the hello this stripe sent, for the proofs' transcript.
-    hello: Option<[u8; CLIENT_HELLO_LEN]>,
-    /// Client: whether the hello was a JOIN (a refusal then ends the session).
-    join: bool,
-}
 
 /// Client re-dial state of one stripe index.
 #[derive(Clone, Copy, Default)]
@@ -161,6 +73,8 @@ pub struct StripedPipe {
     redial: Vec<Redial>,
     span: Option<TokenSpan>,
     failed: Option<PipeError>,
+    /// The peer reset the session: nothing to tell it when aborting.
+    peer_reset: bool,
     /// Last reason a stripe was lost, for the message if all are.
     last_stripe_error: Option<PipeError>,
     /// The server knows this session: the client got an accepting answer
@@ -176,39 +90,6 @@ pub struct StripedPipe {
 }
 
 impl StripedPipe {
-    /// A client session: starts connecting `count` stripes to `server`.
-    pub fn client(
-        cfg: StripedConfig,
-        servers: &[SocketAddr],
-        server_name: &str,
-        count: u8,
-        id: SessionId,
-    ) -> Result<StripedPipe, PipeError> {
-        let mut pipe = StripedPipe::new(
-            Role::Client {
-                servers: servers.to_vec(),
-                server_name: server_name.to_string(),
-            },
-            cfg,
-            id,
-            count as usize,
-        );
-        let mut first_err = None;
-        for i in 0..count as usize {
-            match pipe.connect_stripe(false) {
-                Ok(s) => pipe.stripes[i] = Some(s),
-                Err(e) => {
-                    warn!("{}: stripe {i} could not start connecting: {e}", pipe.label);
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if pipe.stripes.iter().all(|s| s.is_none()) {
-            return Err(first_err.expect("count >= 1"));
-        }
-        Ok(pipe)
-    }
-
     /// A server session, created by its first stripe (handshake done).
     pub fn server(cfg: StripedConfig, id: SessionId, count: u8, peer: &ClientHello) -> StripedPipe {
         let mut pipe = StripedPipe::new(Role::Server, cfg, id, count as usize);
@@ -228,6 +109,7 @@ impl StripedPipe {
             cfg,
             span: None,
             failed: None,
+            peer_reset: false,
             last_stripe_error: None,
             established: false,
             peer_known: false,
@@ -270,17 +152,19 @@ impl StripedPipe {
                 .stripes
                 .iter()
                 .flatten()
-                .map(|s| s.framed.inner().read_buffer_capacity())
+                .map(Stripe::read_buffer_capacity)
                 .sum::<usize>()
     }
 
     /// Server: adds a handshaken stripe (it may replace one that died or
-    /// that the client gave up on).
+    /// that the client gave up on). The connection stays registered with
+    /// the event loop as it was during its handshake; only its token
+    /// changes.
     pub fn add_stripe(
         &mut self,
         registry: &Registry,
         index: u8,
-        mut tcp: TcpPipe,
+        tcp: TcpPipe,
         now: Instant,
     ) -> Result<(), PipeError> {
         let i = index as usize;
@@ -294,22 +178,18 @@ impl StripedPipe {
             ));
         }
         let span = self.span.expect("registered before stripes join");
-        let replaced = self.stripes[i].take().is_some();
+        let mut stripe = Stripe::accepted(&self.cfg, tcp, now);
+        stripe
+            .adopt(registry, span.token(i))
+            .map_err(|e| PipeError::io("stripe", &e))?;
+        let replaced = self.stripes[i].replace(stripe).is_some();
         if replaced {
+            warn!(
+                "{}: stripe {i} replaced by a new connection while it was still open",
+                self.label
+            );
             self.session.stripe_down(i);
         }
-        tcp.register_token(registry, span.token(i))
-            .map_err(|e| PipeError::io("stripe", &e))?;
-        tune_socket(&self.cfg, &self.label, tcp.raw_fd());
-        self.stripes[i] = Some(Stripe {
-            framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
-            state: StripeState::Up,
-            since: Some(now),
-            last_rtt: None,
-            queue: self.new_queue_limit(),
-            hello: None,
-            join: false,
-        });
         self.session.stripe_up(i, now);
         if replaced || self.session.stats().stripes_lost > 0 {
             self.note_rejoined(i);
@@ -347,55 +227,18 @@ impl StripedPipe {
         e
     }
 
-    /// Client: a new connection for stripe `i`.
-    fn connect_stripe(&self, join: bool) -> Result<Stripe, PipeError> {
-        let Role::Client {
-            servers,
-            server_name,
-        } = &self.role
-        else {
-            unreachable!("only clients dial");
-        };
-        let tcp = TcpPipe::connect(
-            servers,
-            format!("server {server_name}"),
-            self.cfg.connect_timeout,
-        )?;
-        Ok(Stripe {
-            framed: FramedPipe::new(tcp, self.cfg.session.max_payload as usize),
-            state: StripeState::Connecting,
-            since: None,
-            last_rtt: None,
-            queue: self.new_queue_limit(),
-            hello: None,
-            join,
-        })
-    }
-
-    fn new_queue_limit(&self) -> QueueLimit {
-        match self.cfg.unsent {
-            UnsentLimit::Auto(b) => QueueLimit::new(b),
-            UnsentLimit::Fixed(n) => QueueLimit::new(QueueBounds {
-                floor: n,
-                ceiling: n,
-                gain: 0.0,
-            }),
-        }
-    }
-
     /// Drops stripe `i` after `err`; the session goes on with the others,
     /// and a client schedules a re-dial.
     fn lose_stripe(&mut self, i: usize, err: PipeError, now: Instant) {
         let Some(mut s) = self.stripes[i].take() else {
             return;
         };
-        s.framed.inner_mut().abort(&err);
+        s.abort(&err);
         let was_up = self.session.is_stripe_up(i);
         self.session.stripe_down(i);
         let left = self.stripes.iter().flatten().count();
         let what = if was_up { "lost" } else { "failed" };
-        let next = self.schedule_redial(i, now);
-        match next {
+        match self.schedule_redial(i, now) {
             Some(delay) => warn!(
                 "{}: stripe {i} {what}: {err}; {left} stripe(s) left, re-dialing in {} ms",
                 self.label,
@@ -409,209 +252,6 @@ impl StripedPipe {
         self.last_stripe_error = Some(err);
     }
 
-    /// Client: plans the next connection for stripe `i`, with exponential
-    /// backoff and jitter so many clients do not come back in lockstep.
-    fn schedule_redial(&mut self, i: usize, now: Instant) -> Option<Duration> {
-        if !matches!(self.role, Role::Client { .. })
-            || !self.established
-            || self.closing_since.is_some()
-            || self.failed.is_some()
-            || self.redial[i].at.is_some()
-        {
-            return None;
-        }
-        let r = &mut self.redial[i];
-        let exp = REDIAL_BASE
-            .saturating_mul(1 << r.attempts.min(8))
-            .min(REDIAL_MAX);
-        let delay = exp.mul_f64(rand::rng().random_range(0.5..1.5));
-        r.attempts += 1;
-        r.at = Some(now + delay);
-        Some(delay)
-    }
-
-    /// Client: starts the re-dials that are due.
-    fn start_redials(&mut self, registry: &Registry, now: Instant) {
-        for i in 0..self.stripes.len() {
-            if self.stripes[i].is_some() || self.redial[i].at.is_none_or(|t| t > now) {
-                continue;
-            }
-            self.redial[i].at = None;
-            let span = self.span.expect("registered");
-            match self.connect_stripe(true) {
-                Ok(mut s) => match s.framed.inner_mut().register_token(registry, span.token(i)) {
-                    Ok(()) => {
-                        debug!("{}: re-dialing stripe {i}", self.label);
-                        self.stripes[i] = Some(s);
-                    }
-                    Err(e) => {
-                        let e = PipeError::io("stripe", &e);
-                        self.last_stripe_error = Some(e);
-                        self.schedule_redial(i, now);
-                    }
-                },
-                Err(e) => {
-                    debug!("{}: re-dial of stripe {i} failed: {e}", self.label);
-                    self.last_stripe_error = Some(e);
-                    self.schedule_redial(i, now);
-                }
-            }
-        }
-    }
-
-    fn client_hello(&self, i: usize, join: bool) -> ClientHello {
-        ClientHello {
-            kind: if join { Kind::Join } else { Kind::Open },
-            index: i as u8,
-            count: self.stripes.len() as u8,
-            session: self.id,
-            nonce: random_nonce(),
-            window: self.cfg.session.window,
-            max_payload: self.cfg.session.max_payload,
-        }
-    }
-
-    /// Connect completion and the client side of the handshake.
-    fn advance_handshake(
-        &mut self,
-        i: usize,
-        registry: &Registry,
-        now: Instant,
-    ) -> Result<(), PipeError> {
-        let Some(s) = self.stripes[i].as_mut() else {
-            return Ok(());
-        };
-        let since = *s.since.get_or_insert(now);
-        match s.state {
-            StripeState::Connecting => {
-                s.framed.inner_mut().poll_connect(registry, now)?;
-                if !s.framed.inner().is_connected() {
-                    return Ok(());
-                }
-                let fd = s.framed.inner().raw_fd();
-                tune_socket(&self.cfg, &self.label, fd);
-                let join = s.join && self.established;
-                let hello = self.client_hello(i, join).encode();
-                let s = self.stripes[i].as_mut().expect("present");
-                s.framed.queue_raw(&hello);
-                s.hello = Some(hello);
-                s.join = join;
-                s.state = StripeState::AwaitServerHello;
-                s.since = Some(now);
-                debug!("{}: stripe {i} connected", self.label);
-                if self.cfg.key.is_none() {
-                    // No key: the (empty) proof and the first frames follow
-                    // the hello at once, without waiting for the answer.
-                    s.framed.queue_raw(&[0u8; CLIENT_AUTH_LEN]);
-                    self.session.stripe_up(i, now);
-                }
-            }
-            StripeState::AwaitServerHello => {
-                let parsed = match s.framed.inner_mut().fill_buf()? {
-                    Readable::Pending => None,
-                    Readable::Eof => {
-                        return Err(PipeError::new(
-                            ErrorKind::Reset,
-                            format!(
-                                "{} closed the stripe during the handshake",
-                                self.peer_name()
-                            ),
-                        ));
-                    }
-                    Readable::Bytes(b) => Some(ServerHello::parse(b)),
-                };
-                let hello = match parsed {
-                    Some(Ok(Some(h))) => h,
-                    Some(Err(e)) => {
-                        return Err(PipeError::new(
-                            ErrorKind::Protocol,
-                            format!("{} answered with a bad handshake: {e}", self.peer_name()),
-                        ));
-                    }
-                    None | Some(Ok(None)) => {
-                        if s.framed.inner().at_eof() {
-                            return Err(PipeError::new(
-                                ErrorKind::Reset,
-                                format!(
-                                    "{} closed the stripe during the handshake",
-                                    self.peer_name()
-                                ),
-                            ));
-                        }
-                        let timeout = self.cfg.session.stripe_timeout;
-                        if now.saturating_duration_since(since) >= timeout {
-                            return Err(PipeError::new(
-                                ErrorKind::Timeout,
-                                format!(
-                                    "no answer from {} within {:.0} s",
-                                    self.peer_name(),
-                                    timeout.as_secs_f64()
-                                ),
-                            ));
-                        }
-                        return Ok(());
-                    }
-                };
-                s.framed.inner_mut().consume(SERVER_HELLO_LEN);
-                if hello.status != Status::Ok {
-                    let joined = s.join;
-                    let e = PipeError::new(
-                        ErrorKind::Protocol,
-                        format!("{} refused the stripe: {}", self.peer_name(), hello.status),
-                    );
-                    if joined && hello.status == Status::UnknownSession {
-                        // The server has forgotten the session (it timed
-                        // out or restarted): nothing to resume.
-                        return Err(self.fail(PipeError::new(
-                            ErrorKind::Reset,
-                            format!("{} no longer has this session", self.peer_name()),
-                        )));
-                    }
-                    return Err(e);
-                }
-                if let Some(key) = &self.cfg.key {
-                    let sent = s.hello.expect("sent before the answer");
-                    if !key.verify_server(&sent, &hello.transcript(), &hello.proof) {
-                        return Err(PipeError::new(
-                            ErrorKind::Protocol,
-                            format!(
-                                "{} did not prove it holds our key: wrong key on one side, \
-                                 or the server runs without one",
-                                self.peer_name()
-                            ),
-                        ));
-                    }
-                    s.framed
-                        .queue_raw(&key.client_proof(&sent, &hello.transcript()));
-                    self.session.stripe_up(i, now);
-                }
-                s.state = StripeState::Up;
-                s.since = Some(now);
-                self.redial[i].attempts = 0;
-                if !self.peer_known {
-                    self.session
-                        .set_peer_params(hello.window, hello.max_payload);
-                    self.peer_known = true;
-                }
-                if s.join {
-                    self.note_rejoined(i);
-                }
-                if !self.established {
-                    self.established = true;
-                    // Stripes that failed before the server knew the
-                    // session can now be re-dialed as members of it.
-                    for j in 0..self.stripes.len() {
-                        if self.stripes[j].is_none() {
-                            self.schedule_redial(j, now);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
     /// Reads frames from stripe `i`. Returns true if its budget ran out.
     fn read_stripe(&mut self, i: usize, now: Instant) -> Result<bool, PipeError> {
         let mut budget = READ_BUDGET;
@@ -620,13 +260,13 @@ impl StripedPipe {
                 return Ok(false);
             };
             // Frames only follow the server's answer.
-            if !matches!(s.state, StripeState::Up | StripeState::PeerClosed) {
+            if !s.carries_frames() {
                 return Ok(false);
             }
-            match s.framed.next_frame() {
+            match s.next_frame() {
                 Ok(Next::Frame(f, n)) => {
                     let r = self.session.handle_frame(i, f, now);
-                    s.framed.consume_frame(n);
+                    s.consume_frame(n);
                     if let Err(e) = r {
                         return Err(self.session_error(e));
                     }
@@ -640,7 +280,7 @@ impl StripedPipe {
                     if self.session.read_eof() || self.closing_since.is_some() {
                         // The peer is closing at the end of the session.
                         debug!("{}: stripe {i} closed by the peer", self.label);
-                        s.state = StripeState::PeerClosed;
+                        s.set_state(StripeState::PeerClosed, now);
                         return Ok(false);
                     }
                     let e = PipeError::new(
@@ -675,10 +315,13 @@ impl StripedPipe {
 
     fn session_error(&mut self, e: SessionError) -> PipeError {
         let pe = match &e {
-            SessionError::PeerReset { reason, .. } => PipeError::new(
-                ErrorKind::PeerAbort,
-                format!("{} aborted: {reason}", self.peer_name()),
-            ),
+            SessionError::PeerReset { reason, .. } => {
+                self.peer_reset = true;
+                PipeError::new(
+                    ErrorKind::PeerAbort,
+                    format!("{} aborted: {reason}", self.peer_name()),
+                )
+            }
             other => PipeError::new(
                 ErrorKind::Protocol,
                 format!("protocol violation by {}: {other}", self.peer_name()),
@@ -689,34 +332,16 @@ impl StripedPipe {
 
     /// Tells the session what the kernel knows about each stripe.
     fn update_metrics(&mut self, now: Instant) {
+        let auto = matches!(self.cfg.unsent, UnsentLimit::Auto(_));
         for i in 0..self.stripes.len() {
-            let Some(s) = self.stripes[i].as_mut() else {
-                continue;
-            };
             if !self.session.is_stripe_up(i) {
                 continue;
             }
-            let tcp = s.framed.inner();
-            let fd = tcp.raw_fd();
-            let Ok(q) = sys::outq(fd) else { continue };
-            let unsent = sys::outq_unsent(fd).unwrap_or(q);
-            let delivered = tcp.bytes_written().saturating_sub(q);
-            let mut rtt = None;
-            if s.last_rtt
-                .is_none_or(|t| now.duration_since(t) >= RTT_INTERVAL)
-            {
-                s.last_rtt = Some(now);
-                if let Ok(path) = sys::tcp_path(fd) {
-                    rtt = Some(path.rtt);
-                    if matches!(self.cfg.unsent, UnsentLimit::Auto(_))
-                        && let Some(limit) = s.queue.on_sample(path)
-                    {
-                        let _ = sys::set_notsent_lowat(fd, limit);
-                    }
-                }
-            }
+            let Some(k) = self.stripes[i].as_mut().and_then(|s| s.sample(now, auto)) else {
+                continue;
+            };
             self.session
-                .update_stripe(i, now, (q, unsent), delivered, rtt);
+                .update_stripe(i, now, k.queued, k.delivered, k.rtt);
         }
     }
 
@@ -727,7 +352,7 @@ impl StripedPipe {
         for i in stale {
             if let Some(s) = self.stripes[i].as_mut() {
                 let session = &self.session;
-                s.framed.detach_payload(|o, l| session.send_slices(o, l));
+                s.detach_payload(|o, l| session.send_slices(o, l));
             }
             self.session.frame_written(i);
         }
@@ -735,9 +360,9 @@ impl StripedPipe {
             let Some(s) = self.stripes[i].as_mut() else {
                 continue;
             };
-            if !s.framed.is_idle() && s.framed.inner().is_writable() {
+            if s.wants_flush() {
                 let session = &self.session;
-                match s.framed.flush(|o, l| session.send_slices(o, l)) {
+                match s.flush(|o, l| session.send_slices(o, l)) {
                     Ok(true) => self.session.frame_written(i),
                     Ok(false) => {}
                     Err(e) => {
@@ -746,12 +371,7 @@ impl StripedPipe {
                     }
                 }
             }
-            let Some(s) = self.stripes[i].as_ref() else {
-                continue;
-            };
-            let can = s.framed.is_idle()
-                && s.framed.inner().is_writable()
-                && s.state != StripeState::Draining;
+            let can = self.stripes[i].as_ref().is_some_and(Stripe::can_send);
             self.session.set_stripe_writable(i, can);
         }
         let mut sent = 0;
@@ -763,7 +383,7 @@ impl StripedPipe {
                 continue;
             };
             let session = &self.session;
-            match s.framed.send(t, |o, l| session.send_slices(o, l)) {
+            match s.send(t, |o, l| session.send_slices(o, l)) {
                 Ok(true) => self.session.frame_written(i),
                 Ok(false) => self.session.set_stripe_writable(i, false),
                 Err(e) => self.lose_stripe(i, e, now),
@@ -847,21 +467,6 @@ impl StripedPipe {
         Ok(())
     }
 
-    fn unreachable_error(&self) -> PipeError {
-        match (&self.role, &self.last_stripe_error) {
-            (Role::Client { server_name, .. }, Some(last)) if last.kind == ErrorKind::Connect => {
-                PipeError::new(
-                    ErrorKind::Connect,
-                    format!(
-                        "server {server_name} unreachable: {}",
-                        strip_name(&last.message, server_name)
-                    ),
-                )
-            }
-            _ => self.all_lost_error(),
-        }
-    }
-
     fn all_lost_error(&self) -> PipeError {
         match &self.last_stripe_error {
             Some(last) => PipeError::new(
@@ -893,7 +498,7 @@ impl StripedPipe {
             s.recv_backlog() >> 10,
         );
         for (i, st) in self.stripes.iter().enumerate() {
-            let limit = st.as_ref().map_or(0, |st| st.queue.get() >> 10);
+            let limit = st.as_ref().map_or(0, |st| st.unsent_limit() >> 10);
             debug!(
                 "{}:   stripe {i}: {}, unsent limit {limit} KiB",
                 self.label,
@@ -910,46 +515,18 @@ impl StripedPipe {
             }
             self.session.release_idle_buffers();
             for s in self.stripes.iter_mut().flatten() {
-                s.framed.inner_mut().release_idle();
+                s.release_idle();
             }
         }
     }
-}
 
-/// A new stripe socket's options: the first unsent limit and the congestion
-/// control. Failures only cost speed, and the algorithm was checked at
-/// start, so they are logged at debug level.
-fn tune_socket(cfg: &StripedConfig, label: &str, fd: std::os::fd::RawFd) {
-    if let Err(e) = sys::set_notsent_lowat(fd, cfg.unsent.initial()) {
-        debug!("{label}: TCP_NOTSENT_LOWAT: {e}");
+    fn progress_marks(&self) -> (u64, u64, u64) {
+        (
+            self.session.stats().bytes_in,
+            self.session.recv_backlog(),
+            self.session.send_backlog(),
+        )
     }
-    if let Some(cc) = &cfg.congestion
-        && let Err(e) = sys::set_congestion(fd, cc)
-    {
-        debug!("{label}: TCP_CONGESTION {cc}: {e}");
-    }
-}
-
-/// "server x:7900 refused the connection" -> "refused the connection".
-fn strip_name(msg: &str, server_name: &str) -> String {
-    let prefix = format!("server {server_name} ");
-    msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
-}
-
-fn random_nonce() -> [u8; 16] {
-    let mut n = [0u8; 16];
-    rand::fill(&mut n);
-    n
-}
-
-/// A fresh session id from the operating system's RNG.
-pub fn new_session_id() -> SessionId {
-    use rand::TryRng;
-    let mut id = [0u8; 16];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut id)
-        .expect("the OS random number generator failed");
-    id
 }
 
 impl Pipe for StripedPipe {
@@ -957,9 +534,7 @@ impl Pipe for StripedPipe {
         self.span = Some(span);
         for (i, s) in self.stripes.iter_mut().enumerate() {
             if let Some(s) = s {
-                s.framed
-                    .inner_mut()
-                    .register_token(registry, span.token(i))?;
+                s.register(registry, span.token(i))?;
             }
         }
         Ok(())
@@ -967,7 +542,7 @@ impl Pipe for StripedPipe {
 
     fn deregister(&mut self, registry: &Registry) {
         for s in self.stripes.iter_mut().flatten() {
-            s.framed.inner_mut().deregister(registry);
+            s.deregister(registry);
         }
     }
 
@@ -975,7 +550,7 @@ impl Pipe for StripedPipe {
         if let Some(i) = self.span.and_then(|s| s.index(token))
             && let Some(Some(s)) = self.stripes.get_mut(i)
         {
-            s.framed.inner_mut().on_ready(token, ready);
+            s.on_ready(token, ready);
         }
     }
 
@@ -985,11 +560,7 @@ impl Pipe for StripedPipe {
         }
         let now = cx.now;
         let mut again = false;
-        let before = (
-            self.session.stats().bytes_in,
-            self.session.recv_backlog(),
-            self.session.send_backlog(),
-        );
+        let before = self.progress_marks();
         self.start_redials(cx.registry, now);
         for i in 0..self.stripes.len() {
             if let Err(e) = self.advance_handshake(i, cx.registry, now) {
@@ -1005,12 +576,7 @@ impl Pipe for StripedPipe {
         self.update_metrics(now);
         again |= self.transmit(now);
         self.check_alive(now)?;
-        let after = (
-            self.session.stats().bytes_in,
-            self.session.recv_backlog(),
-            self.session.send_backlog(),
-        );
-        if before != after {
+        if before != self.progress_marks() {
             self.last_activity = Some(now);
         }
         self.release_if_idle(now);
@@ -1030,7 +596,7 @@ impl Pipe for StripedPipe {
             && self.redial.iter().all(|r| r.at.is_none())
             && self.stripes.iter().all(|s| {
                 s.as_ref()
-                    .is_some_and(|s| s.state == StripeState::Up && s.framed.is_idle())
+                    .is_some_and(|s| s.state() == StripeState::Up && s.is_idle())
             });
         if !settled || !self.session.is_quiet() {
             return tick;
@@ -1084,7 +650,7 @@ impl Pipe for StripedPipe {
     }
 
     fn abort(&mut self, reason: &PipeError) {
-        if reason.kind == ErrorKind::PeerAbort && self.failed.as_ref() == Some(reason) {
+        if self.peer_reset {
             // The peer reset the session: nothing to tell it.
             return;
         }
@@ -1095,7 +661,7 @@ impl Pipe for StripedPipe {
             ErrorKind::Timeout => ResetReason::Timeout,
             _ => ResetReason::AppReset,
         };
-        self.session.abort(code, &reason.message);
+        self.session.abort(code, &reason.to_string());
     }
 
     fn poll_close(&mut self, cx: &mut Ctx<'_>) -> bool {
@@ -1116,10 +682,10 @@ impl Pipe for StripedPipe {
         for i in 0..self.stripes.len() {
             let draining = self.stripes[i]
                 .as_ref()
-                .is_some_and(|s| s.state == StripeState::Draining);
+                .is_some_and(|s| s.state() == StripeState::Draining);
             if draining {
                 let s = self.stripes[i].as_mut().expect("present");
-                if s.framed.inner_mut().drain_until_eof() {
+                if s.drain_until_eof() {
                     debug!("{}: stripe {i} closed", self.label);
                     self.stripes[i] = None;
                 }
@@ -1133,19 +699,18 @@ impl Pipe for StripedPipe {
         let flushed = self.session.is_finished() || aborting;
         for slot in self.stripes.iter_mut() {
             let Some(s) = slot else { continue };
-            if !flushed || !s.framed.is_idle() || s.state == StripeState::Draining {
+            if !flushed || !s.is_idle() || s.state() == StripeState::Draining {
                 continue;
             }
             if matches!(
-                s.state,
-                StripeState::Connecting | StripeState::AwaitServerHello
+                s.state(),
+                StripeState::Connecting | StripeState::AwaitAnswer
             ) {
                 // Never joined: nothing to say goodbye to.
                 *slot = None;
                 continue;
             }
-            let _ = s.framed.inner_mut().shutdown_write();
-            s.state = StripeState::Draining;
+            s.start_draining(now);
         }
         self.stripes.iter().all(|s| s.is_none())
     }

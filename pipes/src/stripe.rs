@@ -1,0 +1,333 @@
+//! One stripe: a framed TCP connection and what the striped pipe keeps about
+//! it (its handshake, its state, its unsent limit). The striped pipe
+//! composes stripes and never reaches into their sockets.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::{Registry, Token};
+use striper_core::{ErrorKind, Pipe, PipeError, Readable, Ready};
+
+use crate::framed::{FramedError, FramedPipe, Next};
+use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep};
+use crate::proto::queue::{PathSample, QueueBounds, QueueLimit};
+use crate::proto::session::Transmit;
+use crate::striped::{StripedConfig, UnsentLimit};
+use crate::sys;
+use crate::tcp::TcpPipe;
+
+/// Interval between round-trip readings of a stripe.
+const RTT_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StripeState {
+    /// Client: TCP connect in progress.
+    Connecting,
+    /// Client: hello sent; the server's answer is next to read. Without a
+    /// key, frames already go out.
+    AwaitAnswer,
+    Up,
+    /// The peer closed its side at the end of the session; we only write.
+    PeerClosed,
+    /// Closing: our FIN is out, reading until the peer's.
+    Draining,
+}
+
+/// What the kernel says about a stripe, for the session's scheduler.
+pub struct KernelSample {
+    /// Bytes unsent or unacknowledged, and of those the unsent ones.
+    pub queued: (u64, u64),
+    /// Bytes the peer's kernel acknowledged, cumulative.
+    pub delivered: u64,
+    /// Smoothed round trip, when it was read this time.
+    pub rtt: Option<Duration>,
+}
+
+pub struct Stripe {
+    framed: FramedPipe<TcpPipe>,
+    state: StripeState,
+    /// When the stripe entered its state (for the handshake timeout).
+    since: Option<Instant>,
+    last_rtt: Option<Instant>,
+    /// The unsent limit this stripe's socket has, and how it moves.
+    queue: QueueLimit,
+    /// Client: the handshake in progress.
+    handshake: Option<ClientHandshake>,
+    /// Client: whether this connection replaces a lost stripe.
+    join: bool,
+}
+
+impl Stripe {
+    /// Client: a new connection to the server.
+    pub fn connect(
+        cfg: &StripedConfig,
+        servers: &[SocketAddr],
+        server_name: &str,
+        join: bool,
+    ) -> Result<Stripe, PipeError> {
+        let tcp = TcpPipe::connect(
+            servers,
+            format!("server {server_name}"),
+            cfg.connect_timeout,
+        )?;
+        Ok(Stripe::new(cfg, tcp, StripeState::Connecting, join))
+    }
+
+    /// Server: a connection whose handshake is done.
+    pub fn accepted(cfg: &StripedConfig, tcp: TcpPipe, now: Instant) -> Stripe {
+        let mut s = Stripe::new(cfg, tcp, StripeState::Up, false);
+        s.since = Some(now);
+        s.tune(cfg);
+        s
+    }
+
+    fn new(cfg: &StripedConfig, tcp: TcpPipe, state: StripeState, join: bool) -> Stripe {
+        let queue = QueueLimit::new(match cfg.unsent {
+            UnsentLimit::Auto(b) => b,
+            UnsentLimit::Fixed(n) => QueueBounds {
+                floor: n,
+                ceiling: n,
+                gain: 0.0,
+            },
+        });
+        Stripe {
+            framed: FramedPipe::new(tcp, cfg.session.max_payload as usize),
+            state,
+            since: None,
+            last_rtt: None,
+            queue,
+            handshake: None,
+            join,
+        }
+    }
+
+    /// The socket's options: the first unsent limit and the congestion
+    /// control. Failures only cost speed, and the algorithm was checked at
+    /// start, so they are logged at debug level.
+    fn tune(&self, cfg: &StripedConfig) {
+        let fd = self.framed.inner().raw_fd();
+        if let Err(e) = sys::set_notsent_lowat(fd, self.queue.get()) {
+            debug!("TCP_NOTSENT_LOWAT: {e}");
+        }
+        if let Some(cc) = &cfg.congestion
+            && let Err(e) = sys::set_congestion(fd, cc)
+        {
+            debug!("TCP_CONGESTION {cc}: {e}");
+        }
+    }
+
+    pub fn state(&self) -> StripeState {
+        self.state
+    }
+
+    pub fn set_state(&mut self, state: StripeState, now: Instant) {
+        self.state = state;
+        self.since = Some(now);
+    }
+
+    pub fn is_join(&self) -> bool {
+        self.join
+    }
+
+    /// Frames may be read from it (its handshake is over).
+    pub fn carries_frames(&self) -> bool {
+        matches!(self.state, StripeState::Up | StripeState::PeerClosed)
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        self.framed.inner_mut().register_token(registry, token)
+    }
+
+    /// Takes over a socket another task registered: one `epoll` entry for
+    /// the connection's whole life, only its token changes.
+    pub fn adopt(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        self.framed.inner_mut().reregister(registry, token)
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        self.framed.inner_mut().deregister(registry);
+    }
+
+    pub fn on_ready(&mut self, token: Token, ready: Ready) {
+        self.framed.inner_mut().on_ready(token, ready);
+    }
+
+    /// Client: drives the connect; once connected, sends the hello (and,
+    /// without a key, the empty proof: frames may follow at once). Returns
+    /// true when the stripe may carry frames from now on.
+    pub fn poll_connect(
+        &mut self,
+        cfg: &StripedConfig,
+        registry: &Registry,
+        now: Instant,
+        hello: impl FnOnce(bool) -> ClientHello,
+    ) -> Result<bool, PipeError> {
+        self.since.get_or_insert(now);
+        self.framed.inner_mut().poll_connect(registry, now)?;
+        if !self.framed.inner().is_connected() {
+            return Ok(false);
+        }
+        self.tune(cfg);
+        let hello = hello(self.join);
+        self.join = hello.kind == crate::proto::handshake::Kind::Join;
+        let (hs, bytes) = ClientHandshake::start(&hello, cfg.key.clone());
+        self.framed.queue_raw(&bytes);
+        let early = hs.early_frames();
+        self.handshake = Some(hs);
+        self.set_state(StripeState::AwaitAnswer, now);
+        Ok(early)
+    }
+
+    /// Client: reads the server's answer. `Ok(None)` while it is not all
+    /// in; errors say why the stripe cannot go on (`peer` names the server).
+    pub fn read_answer(
+        &mut self,
+        peer: &str,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<Option<ClientStep>, PipeError> {
+        let closed = || {
+            PipeError::new(
+                ErrorKind::Reset,
+                format!("{peer} closed the stripe during the handshake"),
+            )
+        };
+        let hs = self.handshake.as_mut().expect("awaiting an answer");
+        let step = match self.framed.inner_mut().fill_buf()? {
+            Readable::Eof => return Err(closed()),
+            Readable::Pending => ClientStep::Pending,
+            Readable::Bytes(b) => hs.handle(b),
+        };
+        if step != ClientStep::Pending {
+            self.framed.inner_mut().consume(ClientHandshake::ANSWER_LEN);
+            self.handshake = None;
+            return Ok(Some(step));
+        }
+        if self.framed.inner().at_eof() {
+            return Err(closed());
+        }
+        let since = self.since.unwrap_or(now);
+        if now.saturating_duration_since(since) >= timeout {
+            return Err(PipeError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer from {peer} within {:.0} s",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Bytes to send before any frame (the client's proof).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.framed.queue_raw(bytes);
+    }
+
+    pub fn next_frame(&mut self) -> Result<Next<'_>, FramedError> {
+        self.framed.next_frame()
+    }
+
+    pub fn consume_frame(&mut self, n: usize) {
+        self.framed.consume_frame(n);
+    }
+
+    /// Reads what the kernel knows: queued bytes always, the path (RTT,
+    /// rates) every [`RTT_INTERVAL`]; with an automatic unsent limit the
+    /// socket's is moved to follow the path.
+    pub fn sample(&mut self, now: Instant, auto_limit: bool) -> Option<KernelSample> {
+        let tcp = self.framed.inner();
+        let fd = tcp.raw_fd();
+        let q = sys::outq(fd).ok()?;
+        let unsent = sys::outq_unsent(fd).unwrap_or(q);
+        let delivered = tcp.bytes_written().saturating_sub(q);
+        let mut rtt = None;
+        if self
+            .last_rtt
+            .is_none_or(|t| now.duration_since(t) >= RTT_INTERVAL)
+        {
+            self.last_rtt = Some(now);
+            if let Ok(path) = sys::tcp_path(fd) {
+                rtt = Some(path.rtt);
+                self.follow_path(fd, path, auto_limit);
+            }
+        }
+        Some(KernelSample {
+            queued: (q, unsent),
+            delivered,
+            rtt,
+        })
+    }
+
+    fn follow_path(&mut self, fd: i32, path: PathSample, auto_limit: bool) {
+        if auto_limit && let Some(limit) = self.queue.on_sample(path) {
+            let _ = sys::set_notsent_lowat(fd, limit);
+        }
+    }
+
+    /// The unsent limit the socket has now.
+    pub fn unsent_limit(&self) -> u32 {
+        self.queue.get()
+    }
+
+    /// A new frame may be handed over now.
+    pub fn can_send(&self) -> bool {
+        self.framed.is_idle()
+            && self.framed.inner().is_writable()
+            && self.state != StripeState::Draining
+    }
+
+    /// Part of a frame (or handshake bytes) waits and the socket has room.
+    pub fn wants_flush(&self) -> bool {
+        !self.framed.is_idle() && self.framed.inner().is_writable()
+    }
+
+    /// Nothing partly written.
+    pub fn is_idle(&self) -> bool {
+        self.framed.is_idle()
+    }
+
+    pub fn send<'s>(
+        &mut self,
+        t: Transmit,
+        payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
+    ) -> Result<bool, PipeError> {
+        self.framed.send(t, payload)
+    }
+
+    pub fn flush<'s>(
+        &mut self,
+        payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
+    ) -> Result<bool, PipeError> {
+        self.framed.flush(payload)
+    }
+
+    pub fn detach_payload<'s>(&mut self, payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8])) {
+        self.framed.detach_payload(payload);
+    }
+
+    /// Resets the connection (the stripe is given up).
+    pub fn abort(&mut self, err: &PipeError) {
+        self.framed.inner_mut().abort(err);
+    }
+
+    /// Closing: our side is done; read until the peer's EOF.
+    pub fn start_draining(&mut self, now: Instant) {
+        let _ = self.framed.inner_mut().shutdown_write();
+        self.set_state(StripeState::Draining, now);
+    }
+
+    /// True once the peer closed its side (or the socket failed).
+    pub fn drain_until_eof(&mut self) -> bool {
+        self.framed.inner_mut().drain_until_eof()
+    }
+
+    pub fn read_buffer_capacity(&self) -> usize {
+        self.framed.inner().read_buffer_capacity()
+    }
+
+    pub fn release_idle(&mut self) {
+        self.framed.inner_mut().release_idle();
+    }
+}

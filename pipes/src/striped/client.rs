@@ -1,0 +1,256 @@
+//! The client's part of a striped pipe: dialling stripes, their handshakes,
+//! re-dialling lost ones with backoff, and the error when the server was
+//! never reached.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::Registry;
+use rand::RngExt;
+use striper_core::{ErrorKind, PipeError};
+
+use super::{Role, StripedConfig, StripedPipe};
+use crate::proto::handshake::{ClientHello, ClientStep, Kind, SessionId, Status};
+use crate::stripe::{Stripe, StripeState};
+
+/// First re-dial delay; doubles per failed attempt up to the maximum.
+const REDIAL_BASE: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(5);
+
+impl StripedPipe {
+    /// A client session: starts connecting `count` stripes to `server`.
+    pub fn client(
+        cfg: StripedConfig,
+        servers: &[SocketAddr],
+        server_name: &str,
+        count: u8,
+        id: SessionId,
+    ) -> Result<StripedPipe, PipeError> {
+        let mut pipe = StripedPipe::new(
+            Role::Client {
+                servers: servers.to_vec(),
+                server_name: server_name.to_string(),
+            },
+            cfg,
+            id,
+            count as usize,
+        );
+        let mut first_err = None;
+        for i in 0..count as usize {
+            match pipe.connect_stripe(false) {
+                Ok(s) => pipe.stripes[i] = Some(s),
+                Err(e) => {
+                    warn!("{}: stripe {i} could not start connecting: {e}", pipe.label);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if pipe.stripes.iter().all(|s| s.is_none()) {
+            return Err(first_err.expect("count >= 1"));
+        }
+        Ok(pipe)
+    }
+
+    /// A new connection for a stripe.
+    fn connect_stripe(&self, join: bool) -> Result<Stripe, PipeError> {
+        let Role::Client {
+            servers,
+            server_name,
+        } = &self.role
+        else {
+            unreachable!("only clients dial");
+        };
+        Stripe::connect(&self.cfg, servers, server_name, join)
+    }
+
+    /// Plans the next connection for stripe `i`, with exponential backoff
+    /// and jitter so many clients do not come back in lockstep.
+    pub(super) fn schedule_redial(&mut self, i: usize, now: Instant) -> Option<Duration> {
+        if !matches!(self.role, Role::Client { .. })
+            || !self.established
+            || self.closing_since.is_some()
+            || self.failed.is_some()
+            || self.redial[i].at.is_some()
+        {
+            return None;
+        }
+        let r = &mut self.redial[i];
+        let exp = REDIAL_BASE
+            .saturating_mul(1 << r.attempts.min(8))
+            .min(REDIAL_MAX);
+        let delay = exp.mul_f64(rand::rng().random_range(0.5..1.5));
+        r.attempts += 1;
+        r.at = Some(now + delay);
+        Some(delay)
+    }
+
+    /// Starts the re-dials that are due.
+    pub(super) fn start_redials(&mut self, registry: &Registry, now: Instant) {
+        for i in 0..self.stripes.len() {
+            if self.stripes[i].is_some() || self.redial[i].at.is_none_or(|t| t > now) {
+                continue;
+            }
+            self.redial[i].at = None;
+            let span = self.span.expect("registered");
+            let dialed = self.connect_stripe(true).and_then(|mut s| {
+                s.register(registry, span.token(i))
+                    .map_err(|e| PipeError::io("stripe", &e))?;
+                Ok(s)
+            });
+            match dialed {
+                Ok(s) => {
+                    debug!("{}: re-dialing stripe {i}", self.label);
+                    self.stripes[i] = Some(s);
+                }
+                Err(e) => {
+                    debug!("{}: re-dial of stripe {i} failed: {e}", self.label);
+                    self.last_stripe_error = Some(e);
+                    self.schedule_redial(i, now);
+                }
+            }
+        }
+    }
+
+    /// Connect completion and the client side of the handshake.
+    pub(super) fn advance_handshake(
+        &mut self,
+        i: usize,
+        registry: &Registry,
+        now: Instant,
+    ) -> Result<(), PipeError> {
+        let Some(state) = self.stripes[i].as_ref().map(Stripe::state) else {
+            return Ok(());
+        };
+        match state {
+            StripeState::Connecting => {
+                let established = self.established;
+                let template = ClientHello {
+                    kind: Kind::Open,
+                    index: i as u8,
+                    count: self.stripes.len() as u8,
+                    session: self.id,
+                    nonce: [0; 16],
+                    window: self.cfg.session.window,
+                    max_payload: self.cfg.session.max_payload,
+                };
+                let hello = |join: bool| {
+                    let mut h = template;
+                    if join && established {
+                        h.kind = Kind::Join;
+                    }
+                    rand::fill(&mut h.nonce);
+                    h
+                };
+                let s = self.stripes[i].as_mut().expect("present");
+                let early = s.poll_connect(&self.cfg, registry, now, hello)?;
+                if s.state() == StripeState::AwaitAnswer {
+                    debug!("{}: stripe {i} connected", self.label);
+                }
+                if early {
+                    self.session.stripe_up(i, now);
+                }
+            }
+            StripeState::AwaitAnswer => {
+                let peer = self.peer_name();
+                let timeout = self.cfg.session.stripe_timeout;
+                let s = self.stripes[i].as_mut().expect("present");
+                let Some(step) = s.read_answer(&peer, now, timeout)? else {
+                    return Ok(());
+                };
+                let join = s.is_join();
+                match step {
+                    ClientStep::Pending => unreachable!("read_answer waits"),
+                    ClientStep::Accepted {
+                        send,
+                        window,
+                        max_payload,
+                    } => {
+                        if !send.is_empty() {
+                            s.queue_raw(&send);
+                            self.session.stripe_up(i, now);
+                        }
+                        s.set_state(StripeState::Up, now);
+                        self.stripe_accepted(i, join, window, max_payload, now);
+                    }
+                    ClientStep::Refused(Status::UnknownSession) if join => {
+                        // The server has forgotten the session (it timed
+                        // out or restarted): nothing to resume.
+                        return Err(self.fail(PipeError::new(
+                            ErrorKind::Reset,
+                            format!("{peer} no longer has this session"),
+                        )));
+                    }
+                    ClientStep::Refused(status) => {
+                        return Err(PipeError::new(
+                            ErrorKind::Protocol,
+                            format!("{peer} refused the stripe: {status}"),
+                        ));
+                    }
+                    ClientStep::Malformed(e) => {
+                        return Err(PipeError::new(
+                            ErrorKind::Protocol,
+                            format!("{peer} answered with a bad handshake: {e}"),
+                        ));
+                    }
+                    ClientStep::BadProof => {
+                        return Err(PipeError::new(
+                            ErrorKind::Protocol,
+                            format!(
+                                "{peer} did not prove it holds our key: wrong key on one side, \
+                                 or the server runs without one"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The server took stripe `i`: the session is established.
+    fn stripe_accepted(&mut self, i: usize, join: bool, window: u32, max: u32, now: Instant) {
+        self.redial[i].attempts = 0;
+        if !self.peer_known {
+            self.session.set_peer_params(window, max);
+            self.peer_known = true;
+        }
+        if join {
+            self.note_rejoined(i);
+        }
+        if !self.established {
+            self.established = true;
+            // Stripes that failed before the server knew the session can
+            // now be re-dialed as members of it.
+            for j in 0..self.stripes.len() {
+                if self.stripes[j].is_none() {
+                    self.schedule_redial(j, now);
+                }
+            }
+        }
+    }
+
+    /// The session's error when no stripe ever reached the server.
+    pub(super) fn unreachable_error(&self) -> PipeError {
+        match (&self.role, &self.last_stripe_error) {
+            (Role::Client { server_name, .. }, Some(last)) if last.kind == ErrorKind::Connect => {
+                PipeError::new(
+                    ErrorKind::Connect,
+                    format!("server {server_name} unreachable: {}", last.detail()),
+                )
+            }
+            _ => self.all_lost_error(),
+        }
+    }
+}
+
+/// A fresh session id from the operating system's RNG.
+pub fn new_session_id() -> SessionId {
+    use rand::TryRng;
+    let mut id = [0u8; 16];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut id)
+        .expect("the OS random number generator failed");
+    id
+}
