@@ -1,55 +1,62 @@
 //! The model's side of the session harness: the oracle it checks the
 //! session against.
 
-use std::collections::BTreeMap;
-
 use super::{PIN_ALLOWANCE, Sim, app_byte, peer_byte};
 use crate::proto::frame::{self, ACK_FIN, FrameType, Header, decode};
 use crate::proto::reassembly::ReassemblyError;
 use crate::proto::session::{SessionError, Transmit};
 
-/// A set of byte ranges, merged when they overlap or touch. The merge is
-/// written again here rather than shared with the session's: this is the
-/// model that checks the session, and a bug in a shared merge would agree
-/// with itself.
+/// A set of byte ranges `[start, end)`, merged when they overlap or touch.
+///
+/// This is the model that checks the session, whose own range sets are
+/// ordered maps merged in place; a bug in a shared merge would agree with
+/// itself, so the model does not reuse that code, nor that algorithm. It is
+/// written the plain way instead: a list of ranges that every [`add`]
+/// brings back to normal form by sorting it and sweeping it once, merging
+/// each range into the previous one when they overlap or touch. Slower,
+/// and obviously right.
+///
+/// Normal form: sorted by start, every range non-empty, and each range
+/// starts after the previous one ends (with a gap of at least one byte).
+///
+/// [`add`]: Ranges::add
 #[derive(Default, Debug)]
-pub(super) struct Ranges(BTreeMap<u64, u64>);
+pub(super) struct Ranges(Vec<(u64, u64)>);
 
 impl Ranges {
-    pub(super) fn add(&mut self, mut start: u64, mut end: u64) {
+    pub(super) fn add(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
-        let touching: Vec<u64> = self
-            .0
-            .range(..=end)
-            .rev()
-            .take_while(|&(_, &e)| e >= start)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in touching {
-            let e = self.0.remove(&s).expect("listed");
-            start = start.min(s);
-            end = end.max(e);
+        self.0.push((start, end));
+        self.0.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+        for &(s, e) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
         }
-        self.0.insert(start, end);
+        self.0 = merged;
     }
 
-    /// End of the range that covers `from`, or `from`.
+    /// End of the range that covers `from` (or ends at it), or `from`.
     pub(super) fn contiguous_from(&self, from: u64) -> u64 {
-        match self.0.range(..=from).next_back() {
-            Some((_, &e)) if e >= from => e,
-            _ => from,
-        }
+        self.0
+            .iter()
+            .find(|&&(s, e)| s <= from && from <= e)
+            .map_or(from, |&(_, e)| e)
     }
 
-    /// Ranges that start after `from` (out-of-order pieces beyond it).
+    /// Ranges that start after `from` (out-of-order pieces beyond it), in
+    /// order.
     fn after(&self, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.0.range(from + 1..).map(|(&s, &e)| (s, e))
+        self.0.iter().copied().filter(move |&(s, _)| s > from)
     }
 
+    /// End of the last range, or 0 when there is none.
     pub(super) fn max_end(&self) -> u64 {
-        self.0.last_key_value().map_or(0, |(_, &e)| e)
+        self.0.iter().map(|&(_, e)| e).max().unwrap_or(0)
     }
 }
 
@@ -384,5 +391,45 @@ impl Sim {
             self.peer_acked_by_us, self.consumed,
             "the peer never heard our last ACK: its window stays closed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ranges;
+
+    fn ranges(adds: &[(u64, u64)]) -> Ranges {
+        let mut r = Ranges::default();
+        for &(s, e) in adds {
+            r.add(s, e);
+        }
+        r
+    }
+
+    #[test]
+    fn merges_overlapping_and_touching_ranges() {
+        let r = ranges(&[(10, 20), (30, 40), (5, 5), (20, 25), (50, 60), (35, 52)]);
+        assert_eq!(r.0, [(10, 25), (30, 60)]);
+        let r = ranges(&[(30, 40), (0, 1), (1, 30)]);
+        assert_eq!(r.0, [(0, 40)]);
+        let r = ranges(&[(0, 100), (10, 20), (99, 100)]);
+        assert_eq!(r.0, [(0, 100)]);
+        assert_eq!(ranges(&[(7, 3)]).0, []);
+    }
+
+    #[test]
+    fn queries() {
+        let r = ranges(&[(0, 10), (20, 30), (40, 50)]);
+        assert_eq!(r.contiguous_from(0), 10);
+        assert_eq!(r.contiguous_from(5), 10);
+        assert_eq!(r.contiguous_from(10), 10);
+        assert_eq!(r.contiguous_from(15), 15);
+        assert_eq!(r.contiguous_from(20), 30);
+        assert_eq!(r.after(0).collect::<Vec<_>>(), [(20, 30), (40, 50)]);
+        assert_eq!(r.after(20).collect::<Vec<_>>(), [(40, 50)]);
+        assert_eq!(r.after(50).count(), 0);
+        assert_eq!(r.max_end(), 50);
+        assert_eq!(Ranges::default().max_end(), 0);
+        assert_eq!(Ranges::default().contiguous_from(7), 7);
     }
 }
