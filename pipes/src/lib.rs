@@ -2,8 +2,10 @@
 //!
 //! - [`proto`]: frame codec, handshake messages, reassembly, scheduler and
 //!   the session state machine, with no IO at all;
+//! - `fuzzing` (only with the `fuzzing` feature): the fuzz harnesses;
 //! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`.
 
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod proto;
 

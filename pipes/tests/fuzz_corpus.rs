@@ -4,6 +4,10 @@
 //! the same `pipes::fuzzing` function as the libFuzzer target of that name.
 //! A panic names the file; reproduce it with
 //! `cargo fuzz run <target> <file>` or by running this test.
+//!
+//! `pipes::fuzzing` exists only with the `fuzzing` feature; `pipes` turns
+//! it on for its own tests (a dev-dependency on itself), so a plain
+//! `cargo test` or `cargo nextest run` runs this.
 
 use std::fs;
 use std::path::{Path, PathBuf};
