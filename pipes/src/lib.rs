@@ -2,12 +2,14 @@
 //!
 //! - [`proto`]: frame codec, handshake messages, reassembly, scheduler and
 //!   the session state machine, with no IO at all;
-//! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`.
+//! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`;
+//! - [`config`]: their configuration, built from the shared command line.
 
 pub mod fuzzing;
 pub mod proto;
 
 mod buf;
+pub mod config;
 pub mod framed;
 pub mod keyfile;
 pub mod striped;
@@ -17,6 +19,5 @@ pub mod tcp;
 pub use framed::FramedPipe;
 pub use striped::{StripedConfig, StripedPipe};
 pub use tcp::TcpPipe;
-pub mod opts;
 pub mod stdio;
 pub use stdio::StdioPipe;

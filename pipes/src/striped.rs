@@ -32,14 +32,14 @@ use mio::{Registry, Token};
 use rand::RngExt;
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
+pub use crate::config::{StripedConfig, UnsentLimit};
 use crate::framed::{FramedError, FramedPipe, Next};
-use crate::proto::auth::Key;
 use crate::proto::handshake::{
     CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
     Status, short_id,
 };
 use crate::proto::queue::{QueueBounds, QueueLimit};
-use crate::proto::session::{Session, SessionConfig, SessionError, reset};
+use crate::proto::session::{Session, SessionError, reset};
 use crate::sys;
 use crate::tcp::TcpPipe;
 
@@ -52,60 +52,6 @@ const RTT_INTERVAL: Duration = Duration::from_millis(100);
 /// First re-dial delay; doubles per failed attempt up to the maximum.
 const REDIAL_BASE: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
-
-/// Settings of the IO side of a session.
-#[derive(Clone, Debug)]
-pub struct StripedConfig {
-    pub session: SessionConfig,
-    /// Unsent bytes a stripe socket may hold (TCP_NOTSENT_LOWAT).
-    pub unsent: UnsentLimit,
-    /// Congestion control of the stripe sockets; `None`: the system's.
-    pub congestion: Option<String>,
-    /// How long a stripe may take to connect.
-    pub connect_timeout: Duration,
-    /// How long a finished or aborted session waits for the peer to close.
-    pub close_linger: Duration,
-    /// Buffers of a session idle this long are freed.
-    pub idle_release: Duration,
-    /// How long a session with no stripe at all is kept for a stripe to
-    /// come back. Zero: fail at once.
-    pub resume_timeout: Duration,
-    /// The pre-shared key; `None` runs without authentication.
-    pub key: Option<Key>,
-}
-
-impl Default for StripedConfig {
-    fn default() -> Self {
-        StripedConfig {
-            session: SessionConfig::default(),
-            unsent: UnsentLimit::Auto(QueueBounds::default()),
-            congestion: None,
-            connect_timeout: Duration::from_secs(10),
-            close_linger: Duration::from_secs(5),
-            idle_release: Duration::from_secs(2),
-            resume_timeout: Duration::from_secs(60),
-            key: None,
-        }
-    }
-}
-
-/// How each stripe's unsent limit is set.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnsentLimit {
-    /// Follows the stripe's rate x round trip (see [`crate::proto::queue`]).
-    Auto(QueueBounds),
-    /// The same for every stripe, whatever its path.
-    Fixed(u32),
-}
-
-impl UnsentLimit {
-    fn initial(&self) -> u32 {
-        match *self {
-            UnsentLimit::Auto(b) => b.floor,
-            UnsentLimit::Fixed(n) => n,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StripeState {

@@ -10,13 +10,11 @@ use clap::Parser;
 use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
-use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::short_id;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{
-    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, resolve,
-};
+use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::config::{bind_first, human_bytes, log_fd_limit, resolve};
 use striper_core::mem::Trimmer;
 use striper_core::signals::Signals;
 use striper_core::{
@@ -84,17 +82,12 @@ const SIGNALS: Token = Token(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
-    init_logging();
-    exit_with(match &opts.command {
-        Some(cmd) => cmd.run(),
-        None => run(opts),
-    })
+    let mut opts = Opts::parse();
+    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let mut cfg = opts.tuning.to_config()?;
-    cfg.key = opts.auth.load()?;
+    let cfg = pipes::config::from_opts(&opts.tuning, &opts.auth)?;
     if cfg.key.is_none() {
         warn!("running WITHOUT authentication (--insecure-no-auth): the server is not verified");
     }

@@ -2,9 +2,12 @@
 //! two pipes, and the [`Reactor`] event loop they run on.
 //!
 //! Nothing here knows about stripes or frames; the `pipes` crate builds
-//! those on top.
+//! those on top. The command-line options both binaries share are in
+//! [`cli`], as plain values; `pipes::config` turns them into the pipes'
+//! configuration.
 
 pub mod bridge;
+pub mod cli;
 pub mod config;
 pub mod mem;
 pub mod pipe;

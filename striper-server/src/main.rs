@@ -13,12 +13,10 @@ use clap::Parser;
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
-use pipes::opts::{AuthOpts, Command, TuningOpts};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{
-    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, parse_secs, resolve,
-};
+use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::config::{bind_first, human_bytes, log_fd_limit, parse_secs, resolve};
 use striper_core::mem::Trimmer;
 use striper_core::reactor::TICK;
 use striper_core::signals::Signals;
@@ -93,12 +91,8 @@ const EVICT_AFTER: Duration = Duration::from_secs(1);
 const FINISHED_MEMORY: usize = 65_536;
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
-    init_logging();
-    exit_with(match &opts.command {
-        Some(cmd) => cmd.run(),
-        None => run(opts),
-    })
+    let mut opts = Opts::parse();
+    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 enum ServerTask {
@@ -167,8 +161,7 @@ struct Server {
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let mut cfg = opts.tuning.to_config()?;
-    cfg.key = opts.auth.load()?;
+    let cfg = pipes::config::from_opts(&opts.tuning, &opts.auth)?;
     let (listen, target) = (
         opts.listen.expect("required"),
         opts.target.expect("required"),
