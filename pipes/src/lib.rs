@@ -12,6 +12,7 @@ mod buf;
 pub mod config;
 pub mod framed;
 pub mod keyfile;
+pub mod report;
 pub mod striped;
 pub mod sys;
 pub mod tcp;

@@ -11,10 +11,11 @@ use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use pipes::proto::handshake::short_id;
+use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
-use striper_core::config::{bind_first, human_bytes, log_fd_limit, resolve};
+use striper_core::config::{bind_first, log_fd_limit, resolve};
 use striper_core::mem::Trimmer;
 use striper_core::signals::Signals;
 use striper_core::{
@@ -295,28 +296,14 @@ impl<P: Pipe> Tunnel<P> {
     }
 
     fn log_close(&self) {
-        let striped = self.bridge.b();
-        let stats = striped.session().stats();
-        let (up, down) = self.bridge.bytes();
-        let why = match self.bridge.outcome() {
-            Some(Outcome::Finished) | None => "both sides closed".to_string(),
-            Some(Outcome::Failed { error, .. }) => error.message.clone(),
-        };
-        let line = format!(
-            "session {} closed after {:.1} s: {} <-> server {}, {} stripes, sent {}, received {}{}; {why}",
-            short_id(striped.id()),
-            self.started.elapsed().as_secs_f64(),
-            self.peer,
-            self.server,
-            striped.stripe_count(),
-            human_bytes(up),
-            human_bytes(down),
-            stats.fault_summary(),
+        report::log_close(
+            module_path!(),
+            &self.bridge,
+            self.bridge.b(),
+            self.started,
+            [&self.peer, &format!("server {}", self.server)],
+            ["sent", "received"],
         );
-        match self.bridge.outcome() {
-            Some(Outcome::Failed { .. }) => warn!("{line}"),
-            _ => info!("{line}"),
-        }
     }
 }
 

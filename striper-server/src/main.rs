@@ -14,14 +14,15 @@ use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
+use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
-use striper_core::config::{bind_first, human_bytes, log_fd_limit, parse_secs, resolve};
+use striper_core::config::{bind_first, log_fd_limit, parse_secs, resolve};
 use striper_core::mem::Trimmer;
 use striper_core::reactor::TICK;
 use striper_core::signals::Signals;
 use striper_core::{
-    Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+    Bridge, Ctx, ErrorKind, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
 };
 
 use handshake::{Handshake, Progress};
@@ -528,25 +529,12 @@ impl Server {
 }
 
 fn log_close(s: &SessionTask, target: &str) {
-    let striped = s.bridge.a();
-    let stats = striped.session().stats();
-    let (to_target, to_client) = s.bridge.bytes();
-    let why = match s.bridge.outcome() {
-        Some(Outcome::Finished) | None => "both sides closed".to_string(),
-        Some(Outcome::Failed { error, .. }) => error.message.clone(),
-    };
-    let lost = stats.fault_summary();
-    let line = format!(
-        "session {} closed after {:.1} s: client {} <-> target {target}, {} stripes, to target {}, to client {}{lost}; {why}",
-        short_id(striped.id()),
-        s.started.elapsed().as_secs_f64(),
-        s.client,
-        striped.stripe_count(),
-        human_bytes(to_target),
-        human_bytes(to_client),
+    report::log_close(
+        module_path!(),
+        &s.bridge,
+        s.bridge.a(),
+        s.started,
+        [&format!("client {}", s.client), &format!("target {target}")],
+        ["to target", "to client"],
     );
-    match s.bridge.outcome() {
-        Some(Outcome::Failed { .. }) => warn!("{line}"),
-        _ => info!("{line}"),
-    }
 }
