@@ -15,7 +15,7 @@ use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
-use striper_core::config::{log_fd_limit, resolve};
+use striper_core::config::{join_addrs, log_fd_limit, resolve};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::{
     Bridge, Ctx, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -134,15 +134,6 @@ fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCod
         reactor,
         succeeded: false,
     })
-}
-
-/// "127.0.0.1:7900" or "127.0.0.1:7900, [::1]:7900" for a name with several.
-fn join_addrs(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 struct Server {

@@ -17,7 +17,7 @@ use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
-use striper_core::config::{log_fd_limit, parse_secs, resolve};
+use striper_core::config::{join_addrs, log_fd_limit, parse_secs, resolve};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::reactor::TICK;
 use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
@@ -180,12 +180,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     info!(
         "listening on {local}, relaying sessions to target {} ({})",
         server.target_name,
-        server
-            .targets
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        join_addrs(&server.targets)
     );
     if server.cfg.key.is_none() {
         warn!(
