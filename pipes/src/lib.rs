@@ -3,7 +3,8 @@
 //! - [`proto`]: frame codec, handshake messages, reassembly, scheduler and
 //!   the session state machine, with no IO at all;
 //! - `fuzzing` (only with the `fuzzing` feature): the fuzz harnesses;
-//! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`.
+//! - pipes that put it on sockets: `TcpPipe`, `FramedPipe`, `StripedPipe`;
+//! - [`config`]: their configuration, built from the shared command line.
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -13,6 +14,7 @@ mod buf;
 pub mod config;
 pub mod framed;
 pub mod keyfile;
+pub mod report;
 pub mod stripe;
 pub mod striped;
 pub mod sys;
@@ -21,6 +23,5 @@ pub mod tcp;
 pub use framed::FramedPipe;
 pub use striped::{StripedConfig, StripedPipe};
 pub use tcp::TcpPipe;
-pub mod opts;
 pub mod stdio;
 pub use stdio::StdioPipe;

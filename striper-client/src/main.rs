@@ -4,23 +4,21 @@
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use log::{info, warn};
-use mio::net::TcpListener;
-use mio::{Interest, Registry, Token};
-use pipes::opts::{AuthOpts, Command, TuningOpts};
+use mio::net::TcpStream;
+use mio::{Registry, Token};
 use pipes::proto::handshake::short_id;
+use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{
-    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, resolve,
-};
-use striper_core::mem::Trimmer;
-use striper_core::signals::Signals;
+use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::config::{join_addrs, log_fd_limit, resolve};
+use striper_core::daemon::{Daemon, Service};
 use striper_core::{
-    Bridge, Ctx, ErrorKind, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+    Bridge, Ctx, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
 };
 
 /// Carry TCP connections to a stripe-server over N parallel TCP connections.
@@ -78,23 +76,15 @@ struct Opts {
     tuning: TuningOpts,
 }
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
-/// Sessions get this long to send their RSTs after a signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+const NAME: &str = "stripe-client";
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
-    init_logging();
-    exit_with(match &opts.command {
-        Some(cmd) => cmd.run(),
-        None => run(opts),
-    })
+    let mut opts = Opts::parse();
+    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let mut cfg = opts.tuning.to_config()?;
-    cfg.key = opts.auth.load()?;
+    let cfg = pipes::config::from_opts(&opts.tuning, &opts.auth)?;
     if cfg.key.is_none() {
         warn!("running WITHOUT authentication (--insecure-no-auth): the server is not verified");
     }
@@ -109,81 +99,25 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     }
     let listen = opts.listen.expect("clap requires --listen without --stdio");
     log_fd_limit(opts.stripes as u64, None);
-    let addrs = resolve("listen address", &listen)?;
-    let mut reactor: Reactor<Tunnel<TcpPipe>> = Reactor::new().map_err(|e| e.to_string())?;
-    let mut listener = bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    reactor
-        .registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| e.to_string())?;
-    let mut signals = Signals::register(reactor.registry(), SIGNALS)
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let reactor = Reactor::new().map_err(|e| e.to_string())?;
+    let (daemon, local) = Daemon::listen(reactor.registry(), &listen)?;
     info!(
         "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
         server.name,
         join_addrs(&server.addrs),
         opts.stripes
     );
-    let mut own = Vec::new();
-    let mut done = Vec::new();
-    let mut shutdown: Option<Instant> = None;
-    let mut trimmer = Trimmer::new();
-    loop {
-        let wait = trimmer.poll(Instant::now());
-        reactor
-            .poll(&mut own, wait)
-            .map_err(|e| format!("event loop failed: {e}"))?;
-        for (token, _) in own.drain(..) {
-            match token {
-                LISTENER if shutdown.is_none() => {
-                    accept_all(&mut listener, &mut reactor, &cfg, &server, opts.stripes)
-                }
-                SIGNALS if signals.take() => {
-                    if shutdown.is_some() {
-                        info!("second signal: exiting now");
-                        return Ok(ExitCode::from(130));
-                    }
-                    info!(
-                        "signal received: no new connections; closing {} session(s)",
-                        reactor.len()
-                    );
-                    let _ = reactor.registry().deregister(&mut listener);
-                    shutdown = Some(Instant::now());
-                    let reason =
-                        PipeError::new(ErrorKind::Shutdown, "stripe-client is shutting down");
-                    for (_, t) in reactor.iter_mut() {
-                        t.bridge.abort(reason.clone());
-                    }
-                    reactor.wake_all();
-                }
-                _ => {}
-            }
-        }
-        reactor.run(&mut done);
-        for (_, t) in done.drain(..) {
-            t.log_close();
-        }
-        if let Some(since) = shutdown {
-            if reactor.is_empty() {
-                info!("all sessions closed; exiting");
-                return Ok(ExitCode::SUCCESS);
-            }
-            if since.elapsed() > SHUTDOWN_GRACE {
-                warn!(
-                    "{} session(s) did not close in time; exiting",
-                    reactor.len()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-    }
+    daemon.serve(Listening {
+        reactor,
+        cfg,
+        server,
+        stripes: opts.stripes,
+    })
 }
 
 fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCode, String> {
-    let mut reactor: Reactor<Tunnel<StdioPipe>> = Reactor::new().map_err(|e| e.to_string())?;
-    let mut signals = Signals::register(reactor.registry(), SIGNALS)
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let mut reactor = Reactor::new().map_err(|e| e.to_string())?;
+    let daemon = Daemon::new(reactor.registry())?;
     let stdio = StdioPipe::new().map_err(|e| format!("cannot use standard input/output: {e}"))?;
     let tunnel = Tunnel::new(
         stdio,
@@ -196,41 +130,10 @@ fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCod
     reactor
         .spawn(tunnel)
         .map_err(|e| format!("cannot register standard input/output: {e}"))?;
-    let mut own = Vec::new();
-    let mut done = Vec::new();
-    loop {
-        reactor
-            .poll(&mut own, None)
-            .map_err(|e| format!("event loop failed: {e}"))?;
-        for (token, _) in own.drain(..) {
-            if token == SIGNALS && signals.take() {
-                let reason = PipeError::new(ErrorKind::Shutdown, "stripe-client is shutting down");
-                for (_, t) in reactor.iter_mut() {
-                    t.bridge.abort(reason.clone());
-                }
-                reactor.wake(0);
-            }
-        }
-        reactor.run(&mut done);
-        if let Some((_, t)) = done.pop() {
-            t.log_close();
-            let ok = matches!(t.bridge.outcome(), Some(Outcome::Finished));
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-    }
-}
-
-/// "127.0.0.1:7900" or "127.0.0.1:7900, [::1]:7900" for a name with several.
-fn join_addrs(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    daemon.serve(Stdio {
+        reactor,
+        succeeded: false,
+    })
 }
 
 struct Server {
@@ -239,33 +142,82 @@ struct Server {
     name: String,
 }
 
-fn accept_all(
-    listener: &mut TcpListener,
-    reactor: &mut Reactor<Tunnel<TcpPipe>>,
-    cfg: &StripedConfig,
-    server: &Server,
+/// Listening: each accepted connection is a session.
+struct Listening {
+    reactor: Reactor<Tunnel<TcpPipe>>,
+    cfg: StripedConfig,
+    server: Server,
     stripes: u8,
-) {
-    loop {
-        match listener.accept() {
-            Ok((sock, peer)) => {
-                let app = TcpPipe::accepted(sock, format!("client {peer}"));
-                match Tunnel::new(app, format!("client {peer}"), cfg, server, stripes) {
-                    Ok(t) => {
-                        if let Err(e) = reactor.spawn(t) {
-                            warn!("connection from {peer} dropped: cannot register it: {e}");
-                        }
-                    }
-                    Err(e) => warn!("connection from {peer} closed: {e}"),
-                }
+}
+
+impl Service for Listening {
+    type Task = Tunnel<TcpPipe>;
+    const NAME: &'static str = NAME;
+    const LOG_TARGET: &'static str = module_path!();
+
+    fn reactor(&mut self) -> &mut Reactor<Tunnel<TcpPipe>> {
+        &mut self.reactor
+    }
+
+    fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
+        let app = TcpPipe::accepted(sock, format!("client {peer}"));
+        match Tunnel::new(
+            app,
+            format!("client {peer}"),
+            &self.cfg,
+            &self.server,
+            self.stripes,
+        ) {
+            Ok(t) => {
+                self.spawn_accepted(t, peer);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // Out of descriptors and the like: say so, keep serving.
-                warn!("accept failed: {e}");
-                return;
-            }
+            Err(e) => warn!("connection from {peer} closed: {e}"),
+        }
+    }
+
+    fn finished(&mut self, _: usize, t: Tunnel<TcpPipe>) {
+        t.log_close();
+    }
+
+    fn abort(t: &mut Tunnel<TcpPipe>, reason: &PipeError) {
+        t.bridge.abort(reason.clone());
+    }
+}
+
+/// --stdio: one session on standard input and output; the exit status
+/// says whether it finished cleanly.
+struct Stdio {
+    reactor: Reactor<Tunnel<StdioPipe>>,
+    succeeded: bool,
+}
+
+impl Service for Stdio {
+    type Task = Tunnel<StdioPipe>;
+    const NAME: &'static str = NAME;
+    const LOG_TARGET: &'static str = module_path!();
+
+    fn reactor(&mut self) -> &mut Reactor<Tunnel<StdioPipe>> {
+        &mut self.reactor
+    }
+
+    fn accepted(&mut self, _: TcpStream, _: SocketAddr) {
+        unreachable!("--stdio has no listener")
+    }
+
+    fn finished(&mut self, _: usize, t: Tunnel<StdioPipe>) {
+        t.log_close();
+        self.succeeded = matches!(t.bridge.outcome(), Some(Outcome::Finished));
+    }
+
+    fn abort(t: &mut Tunnel<StdioPipe>, reason: &PipeError) {
+        t.bridge.abort(reason.clone());
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
         }
     }
 }
@@ -302,28 +254,14 @@ impl<P: Pipe> Tunnel<P> {
     }
 
     fn log_close(&self) {
-        let striped = self.bridge.b();
-        let stats = striped.session().stats();
-        let (up, down) = self.bridge.bytes();
-        let why = match self.bridge.outcome() {
-            Some(Outcome::Finished) | None => "both sides closed".to_string(),
-            Some(Outcome::Failed { error, .. }) => error.message.clone(),
-        };
-        let line = format!(
-            "session {} closed after {:.1} s: {} <-> server {}, {} stripes, sent {}, received {}{}; {why}",
-            short_id(striped.id()),
-            self.started.elapsed().as_secs_f64(),
-            self.peer,
-            self.server,
-            striped.stripe_count(),
-            human_bytes(up),
-            human_bytes(down),
-            stats.fault_summary(),
+        report::log_close(
+            module_path!(),
+            &self.bridge,
+            self.bridge.b(),
+            self.started,
+            [&self.peer, &format!("server {}", self.server)],
+            ["sent", "received"],
         );
-        match self.bridge.outcome() {
-            Some(Outcome::Failed { .. }) => warn!("{line}"),
-            _ => info!("{line}"),
-        }
     }
 }
 

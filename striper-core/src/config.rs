@@ -54,6 +54,15 @@ pub fn resolve(what: &str, s: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
+/// "127.0.0.1:7900" or "127.0.0.1:7900, [::1]:7900" for a name with several.
+pub fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Listens on the first of `addrs` that can be bound, with the largest
 /// listen queue the system allows (`net.core.somaxconn`): a burst of new
 /// connections waits there instead of overflowing a queue of 128 (mio's and

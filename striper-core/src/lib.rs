@@ -1,11 +1,16 @@
 //! striper's core: the [`Pipe`] trait, the [`Bridge`] that relays between
-//! two pipes, and the [`Reactor`] event loop they run on.
+//! two pipes, the [`Reactor`] event loop they run on, and the skeleton both
+//! binaries run ([`daemon`]: listener, signals, loop, shutdown).
 //!
 //! Nothing here knows about stripes or frames; the `pipes` crate builds
-//! those on top.
+//! those on top. The command-line options both binaries share are in
+//! [`cli`], as plain values; `pipes::config` turns them into the pipes'
+//! configuration.
 
 pub mod bridge;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod mem;
 pub mod pipe;
 pub mod reactor;

@@ -11,20 +11,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use log::{debug, info, warn};
-use mio::net::TcpListener;
-use mio::{Interest, Registry, Token};
-use pipes::opts::{AuthOpts, Command, TuningOpts};
+use mio::net::TcpStream;
+use mio::{Registry, Token};
 use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
+use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::config::{
-    bind_first, exit_with, human_bytes, init_logging, log_fd_limit, parse_secs, resolve,
-};
-use striper_core::mem::Trimmer;
+use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::config::{join_addrs, log_fd_limit, parse_secs, resolve};
+use striper_core::daemon::{Daemon, Service};
 use striper_core::reactor::TICK;
-use striper_core::signals::Signals;
-use striper_core::{
-    Bridge, Ctx, ErrorKind, Outcome, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
-};
+use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
 
 use handshake::{Handshake, Progress};
 
@@ -84,21 +80,14 @@ struct Opts {
     tuning: TuningOpts,
 }
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// At --max-pending, handshakes older than this may be closed for new ones.
 const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// Finished session ids remembered, so a stripe naming one is refused.
 const FINISHED_MEMORY: usize = 65_536;
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
-    init_logging();
-    exit_with(match &opts.command {
-        Some(cmd) => cmd.run(),
-        None => run(opts),
-    })
+    let mut opts = Opts::parse();
+    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 enum ServerTask {
@@ -161,14 +150,10 @@ struct Server {
     pending: usize,
     /// Refusals already logged for an address, so a flood logs once.
     refused_logged: HashSet<(IpAddr, &'static str)>,
-    /// Accepting stopped at --max-pending; connections wait in the kernel's
-    /// listen queue until handshakes finish.
-    accept_paused: bool,
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
-    let mut cfg = opts.tuning.to_config()?;
-    cfg.key = opts.auth.load()?;
+    let cfg = pipes::config::from_opts(&opts.tuning, &opts.auth)?;
     let (listen, target) = (
         opts.listen.expect("required"),
         opts.target.expect("required"),
@@ -176,8 +161,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let targets = resolve("target", &target)?;
     // Sessions of the client's default 4 stripes: the usual case.
     log_fd_limit(4, Some(opts.max_sessions as u64));
-    let listen_addrs = resolve("listen address", &listen)?;
-    let mut server = Server {
+    let server = Server {
         reactor: Reactor::new().map_err(|e| e.to_string())?,
         cfg,
         targets: targets.clone(),
@@ -191,27 +175,12 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         finished_order: VecDeque::new(),
         pending: 0,
         refused_logged: HashSet::new(),
-        accept_paused: false,
     };
-    let mut listener =
-        bind_first(&listen_addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    server
-        .reactor
-        .registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| e.to_string())?;
-    let mut signals = Signals::register(server.reactor.registry(), SIGNALS)
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let (daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
     info!(
         "listening on {local}, relaying sessions to target {} ({})",
         server.target_name,
-        server
-            .targets
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        join_addrs(&server.targets)
     );
     if server.cfg.key.is_none() {
         warn!(
@@ -220,110 +189,58 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
             server.target_name
         );
     }
-    let mut own = Vec::new();
-    let mut done = Vec::new();
-    let mut shutdown: Option<Instant> = None;
-    let mut trimmer = Trimmer::new();
-    loop {
-        let wait = trimmer.poll(Instant::now());
-        server
-            .reactor
-            .poll(&mut own, wait)
-            .map_err(|e| format!("event loop failed: {e}"))?;
-        for (token, _) in own.drain(..) {
-            match token {
-                LISTENER if shutdown.is_none() => server.accept_all(&mut listener),
-                SIGNALS if signals.take() => {
-                    if shutdown.is_some() {
-                        info!("second signal: exiting now");
-                        return Ok(ExitCode::from(130));
-                    }
-                    info!(
-                        "signal received: no new connections; closing {} session(s)",
-                        server.sessions.len()
-                    );
-                    let _ = server.reactor.registry().deregister(&mut listener);
-                    shutdown = Some(Instant::now());
-                    let reason =
-                        PipeError::new(ErrorKind::Shutdown, "stripe-server is shutting down");
-                    for (_, t) in server.reactor.iter_mut() {
-                        match t {
-                            ServerTask::Session(s) => s.bridge.abort(reason.clone()),
-                            ServerTask::Handshake(h) => h.cancel(),
-                        }
-                    }
-                    server.reactor.wake_all();
-                }
-                _ => {}
-            }
+    daemon.serve(server)
+}
+
+impl Service for Server {
+    type Task = ServerTask;
+    const NAME: &'static str = "stripe-server";
+    const LOG_TARGET: &'static str = module_path!();
+
+    fn reactor(&mut self) -> &mut Reactor<ServerTask> {
+        &mut self.reactor
+    }
+
+    fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
+        let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
+        let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
+        if self.spawn_accepted(ServerTask::Handshake(Box::new(h)), peer) {
+            self.pending += 1;
         }
-        server.reactor.run(&mut done);
-        for (slot, task) in std::mem::take(&mut done) {
-            server.finished_task(slot, task);
+    }
+
+    /// Below --max-pending, or once the oldest handshake made room. When
+    /// every slot is young, the rest wait in the kernel's listen queue, so
+    /// a burst of honest clients waits a moment instead of being cut off;
+    /// accepting resumes as handshakes finish or grow old enough to evict.
+    fn admit(&mut self) -> bool {
+        self.pending < self.max_pending || self.evict_oldest_handshake()
+    }
+
+    fn paused(&mut self) {
+        warn!(
+            "{} connections in their handshake (--max-pending): new connections wait in the listen queue",
+            self.pending
+        );
+    }
+
+    fn finished(&mut self, slot: usize, task: ServerTask) {
+        self.finished_task(slot, task);
+    }
+
+    fn abort(task: &mut ServerTask, reason: &PipeError) {
+        match task {
+            ServerTask::Session(s) => s.bridge.abort(reason.clone()),
+            ServerTask::Handshake(h) => h.cancel(),
         }
-        // The listener is edge-triggered: connections left queued while
-        // paused raise no new event, so look again once slots are free.
-        if server.accept_paused && shutdown.is_none() {
-            server.accept_all(&mut listener);
-        }
-        if let Some(since) = shutdown {
-            if server.reactor.is_empty() {
-                info!("all sessions closed; exiting");
-                return Ok(ExitCode::SUCCESS);
-            }
-            if since.elapsed() > SHUTDOWN_GRACE {
-                warn!(
-                    "{} session(s) did not close in time; exiting",
-                    server.reactor.len()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
+    }
+
+    fn sessions(&mut self) -> usize {
+        self.sessions.len()
     }
 }
 
 impl Server {
-    fn accept_all(&mut self, listener: &mut TcpListener) {
-        loop {
-            if self.pending >= self.max_pending && !self.evict_oldest_handshake() {
-                // Every slot is young: leave the rest in the kernel's listen
-                // queue, so a burst of honest clients waits a moment instead
-                // of being cut off. Accepting resumes as handshakes finish
-                // or grow old enough to evict.
-                if !self.accept_paused {
-                    warn!(
-                        "{} connections in their handshake (--max-pending): new connections wait in the listen queue",
-                        self.pending
-                    );
-                    self.accept_paused = true;
-                }
-                return;
-            }
-            match listener.accept() {
-                Ok((sock, peer)) => {
-                    let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
-                    let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
-                    match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
-                        Ok(_) => self.pending += 1,
-                        Err(e) => warn!("connection from {peer} dropped: cannot register it: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.accept_paused {
-                        info!("listen queue drained; accepting normally again");
-                        self.accept_paused = false;
-                    }
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
     /// At --max-pending, closes the handshake that has waited longest, if
     /// it has waited at least [`EVICT_AFTER`]. An honest stripe sends its
     /// hello at once and finishes within a round trip, so the oldest
@@ -534,25 +451,12 @@ impl Server {
 }
 
 fn log_close(s: &SessionTask, target: &str) {
-    let striped = s.bridge.a();
-    let stats = striped.session().stats();
-    let (to_target, to_client) = s.bridge.bytes();
-    let why = match s.bridge.outcome() {
-        Some(Outcome::Finished) | None => "both sides closed".to_string(),
-        Some(Outcome::Failed { error, .. }) => error.message.clone(),
-    };
-    let lost = stats.fault_summary();
-    let line = format!(
-        "session {} closed after {:.1} s: client {} <-> target {target}, {} stripes, to target {}, to client {}{lost}; {why}",
-        short_id(striped.id()),
-        s.started.elapsed().as_secs_f64(),
-        s.client,
-        striped.stripe_count(),
-        human_bytes(to_target),
-        human_bytes(to_client),
+    report::log_close(
+        module_path!(),
+        &s.bridge,
+        s.bridge.a(),
+        s.started,
+        [&format!("client {}", s.client), &format!("target {target}")],
+        ["to target", "to client"],
     );
-    match s.bridge.outcome() {
-        Some(Outcome::Failed { .. }) => warn!("{line}"),
-        _ => info!("{line}"),
-    }
 }

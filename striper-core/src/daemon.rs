@@ -1,0 +1,231 @@
+//! The skeleton both binaries run: the listener, SIGINT and SIGTERM, the
+//! event loop and the shutdown.
+//!
+//! A [`Service`] (the client's tunnels, the server's handshakes and
+//! sessions) owns its [`Reactor`] and says what an accepted connection
+//! becomes and what a finished task leaves behind; [`Daemon::serve`] runs
+//! the loop around it: accept until the listen queue is empty, run the
+//! tasks, hand back the finished ones, give freed memory back. The first
+//! signal stops accepting and aborts every task with a Shutdown error
+//! ("NAME is shutting down", which a striped pipe passes on to its peer in
+//! an RST); the program exits once the tasks are gone, or after
+//! [`SHUTDOWN_GRACE`]. A second signal exits at once, with status 130.
+//! Without a listener (the client's `--stdio`), the program exits when its
+//! last task finishes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+use crate::config::{bind_first, resolve};
+use crate::mem::Trimmer;
+use crate::pipe::{ErrorKind, PipeError};
+use crate::reactor::{Reactor, Task};
+use crate::signals::Signals;
+
+/// The listener's token, in the application's block of the reactor.
+pub const LISTENER: Token = Token(0);
+/// The signal pipe's token.
+pub const SIGNALS: Token = Token(1);
+/// Sessions get this long to send their RSTs after a signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What a binary puts in the skeleton: its tasks and what to do with them.
+pub trait Service {
+    type Task: Task;
+    /// The program's name, for the reason tasks are aborted with at
+    /// shutdown ("stripe-client is shutting down").
+    const NAME: &'static str;
+    /// Where the skeleton logs: the binary's `module_path!()`, so its lines
+    /// read and filter (`RUST_LOG`) as the binary's own.
+    const LOG_TARGET: &'static str;
+
+    fn reactor(&mut self) -> &mut Reactor<Self::Task>;
+
+    /// A connection taken off the listen queue.
+    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr);
+
+    /// Whether to take another connection now. `false` pauses accepting:
+    /// connections wait in the kernel's listen queue, and the loop asks
+    /// again after every round of tasks until the queue is empty.
+    fn admit(&mut self) -> bool {
+        true
+    }
+
+    /// Accepting has just paused ([`Service::admit`] said no).
+    fn paused(&mut self) {}
+
+    /// A task finished; it is deregistered and `slot` is free again.
+    fn finished(&mut self, slot: usize, task: Self::Task);
+
+    /// Aborts a task at shutdown.
+    fn abort(task: &mut Self::Task, reason: &PipeError);
+
+    /// Sessions open, for the line a signal is logged with.
+    fn sessions(&mut self) -> usize {
+        self.reactor().len()
+    }
+
+    /// The exit status when the loop ends.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::SUCCESS
+    }
+
+    /// Spawns the task made for a connection from `peer`; false (logged)
+    /// if it could not be registered.
+    fn spawn_accepted(&mut self, task: Self::Task, peer: SocketAddr) -> bool {
+        match self.reactor().spawn(task) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(target: Self::LOG_TARGET, "connection from {peer} dropped: cannot register it: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// The listener and the signal pipe, registered with a service's reactor.
+pub struct Daemon {
+    listener: Option<TcpListener>,
+    signals: Signals,
+    /// Accepting stopped at [`Service::admit`]; connections wait in the
+    /// kernel's listen queue.
+    paused: bool,
+}
+
+impl Daemon {
+    /// Signal handling only: for a program without a listener.
+    pub fn new(registry: &Registry) -> Result<Daemon, String> {
+        let signals = Signals::register(registry, SIGNALS)
+            .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+        Ok(Daemon {
+            listener: None,
+            signals,
+            paused: false,
+        })
+    }
+
+    /// Listens on `listen` (`HOST:PORT`) and handles signals; returns the
+    /// address bound, for the binary's "listening on" line.
+    pub fn listen(registry: &Registry, listen: &str) -> Result<(Daemon, SocketAddr), String> {
+        let addrs = resolve("listen address", listen)?;
+        let mut listener =
+            bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        registry
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        let mut daemon = Daemon::new(registry)?;
+        daemon.listener = Some(listener);
+        Ok((daemon, local))
+    }
+
+    /// Runs the loop until the program is to exit.
+    pub fn serve<S: Service>(mut self, mut service: S) -> Result<ExitCode, String> {
+        let target = S::LOG_TARGET;
+        let mut own = Vec::new();
+        let mut done = Vec::new();
+        let mut shutdown: Option<Instant> = None;
+        let mut trimmer = Trimmer::new();
+        loop {
+            let wait = trimmer.poll(Instant::now());
+            service
+                .reactor()
+                .poll(&mut own, wait)
+                .map_err(|e| format!("event loop failed: {e}"))?;
+            for (token, _) in own.drain(..) {
+                match token {
+                    LISTENER if shutdown.is_none() => self.accept_all(&mut service),
+                    SIGNALS if self.signals.take() => {
+                        if shutdown.is_some() {
+                            info!(target: target, "second signal: exiting now");
+                            return Ok(ExitCode::from(130));
+                        }
+                        info!(
+                            target: target,
+                            "signal received: no new connections; closing {} session(s)",
+                            service.sessions()
+                        );
+                        shutdown = Some(Instant::now());
+                        self.shut_down(&mut service);
+                    }
+                    _ => {}
+                }
+            }
+            service.reactor().run(&mut done);
+            for (slot, task) in done.drain(..) {
+                service.finished(slot, task);
+            }
+            // The listener is edge-triggered: connections left queued while
+            // paused raise no new event, so look again once slots are free.
+            if self.paused && shutdown.is_none() {
+                self.accept_all(&mut service);
+            }
+            let left = service.reactor().len();
+            if self.listener.is_none() && left == 0 {
+                return Ok(service.exit_code());
+            }
+            if let Some(since) = shutdown {
+                if left == 0 {
+                    info!(target: target, "all sessions closed; exiting");
+                    return Ok(service.exit_code());
+                }
+                if since.elapsed() > SHUTDOWN_GRACE {
+                    warn!(target: target, "{left} session(s) did not close in time; exiting");
+                    return Ok(service.exit_code());
+                }
+            }
+        }
+    }
+
+    /// Stops listening and aborts every task; they run at once to send
+    /// their goodbyes.
+    fn shut_down<S: Service>(&mut self, service: &mut S) {
+        if let Some(listener) = &mut self.listener {
+            let _ = service.reactor().registry().deregister(listener);
+        }
+        let reason = PipeError::new(ErrorKind::Shutdown, format!("{} is shutting down", S::NAME));
+        let reactor = service.reactor();
+        for (_, task) in reactor.iter_mut() {
+            S::abort(task, &reason);
+        }
+        reactor.wake_all();
+    }
+
+    /// Accepts until the listen queue is empty or the service pauses.
+    fn accept_all<S: Service>(&mut self, service: &mut S) {
+        let Some(listener) = &mut self.listener else {
+            return;
+        };
+        loop {
+            if !service.admit() {
+                if !self.paused {
+                    service.paused();
+                    self.paused = true;
+                }
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => service.accepted(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.paused {
+                        info!(target: S::LOG_TARGET, "listen queue drained; accepting normally again");
+                        self.paused = false;
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: say so, keep serving.
+                    warn!(target: S::LOG_TARGET, "accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
