@@ -147,7 +147,9 @@ impl Sim {
                     let w = input.u32()?;
                     let m = input.u32()?;
                     self.s.set_peer_params(w, m);
-                    self.peer_window = w.max(MIN_WINDOW) as u64;
+                    // The session never holds more for the peer than its own window.
+                    self.peer_window =
+                        (w.max(MIN_WINDOW) as u64).min(self.window.max(MIN_WINDOW as u64));
                     self.peer_max_payload = m.max(MIN_MAX_PAYLOAD) as usize;
                     self.peer_params_set = true;
                 }

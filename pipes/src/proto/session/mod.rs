@@ -122,10 +122,12 @@ impl Session {
     /// The peer's window and frame cap, learned in the handshake. Until then
     /// the protocol minimums apply.
     pub fn set_peer_params(&mut self, window: u32, max_payload: u32) {
-        // A window beyond what any honest end offers (--window caps at
-        // 1 GiB) would only let a peer make us buffer more for it.
+        // The peer's window is what it lets us keep unacknowledged, and so
+        // what our send buffer may hold: this end's memory is bounded by its
+        // own --window, whatever the peer announces.
+        let own = self.cfg.window.clamp(MIN_WINDOW, MAX_WINDOW);
         self.send
-            .set_peer_window(window.clamp(MIN_WINDOW, MAX_WINDOW) as u64);
+            .set_peer_window(window.clamp(MIN_WINDOW, own) as u64);
         self.peer_max_payload = max_payload.max(MIN_MAX_PAYLOAD) as usize;
     }
 

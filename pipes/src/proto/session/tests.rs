@@ -275,3 +275,28 @@ fn protocol_violations_are_named() {
     let e = s.handle_frame(0, f, now).unwrap_err();
     assert!(e.to_string().contains("FIN at offset 3 contradicts"), "{e}");
 }
+
+/// A peer announcing a huge window cannot make this end hold more than its
+/// own window for it: two sessions that never acknowledged took a server
+/// started with `--window 1M` to 612 MiB before the cap.
+#[test]
+fn the_send_buffer_is_bounded_by_our_own_window_whatever_the_peer_says() {
+    let cfg = SessionConfig {
+        window: 1 << 20,
+        unsent_limit: 64 << 20,
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(cfg, 1);
+    s.stripe_up(0, Instant::now());
+    s.set_peer_params(1 << 30, 1 << 16);
+    let chunk = vec![0u8; 256 << 10];
+    let mut taken = 0;
+    for _ in 0..64 {
+        taken += s.write(&chunk);
+        while let Some(t) = s.poll_transmit() {
+            s.frame_written(t.stripe);
+        }
+    }
+    assert_eq!(taken, 1 << 20, "no more than our own 1 MiB window");
+    assert!(s.buffer_capacity() <= 1 << 20);
+}
