@@ -20,9 +20,16 @@ pub const KEY_LEN: usize = 32;
 const CLIENT_LABEL: &[u8] = b"striper v1 client proof";
 const SERVER_LABEL: &[u8] = b"striper v1 server proof";
 
-/// A pre-shared key. Its `Debug` does not print it.
+/// A pre-shared key. Its `Debug` does not print it, and every copy is
+/// zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key([u8; KEY_LEN]);
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,11 +54,13 @@ impl Key {
 
     /// The key file format: one line of 64 hex digits; `#` lines are comments.
     pub fn parse(text: &str) -> Result<Key, String> {
-        let hex: String = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        // Zeroed when dropped, like the key itself.
+        let hex = zeroize::Zeroizing::new(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect::<String>(),
+        );
         if hex.len() != KEY_LEN * 2 {
             return Err(format!(
                 "expected {} hex digits, found {} characters",
