@@ -18,6 +18,17 @@ pub fn outq(fd: RawFd) -> io::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// Bytes received and waiting to be read (FIONREAD).
+pub fn inq(fd: RawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer we pass.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
 /// Bytes in the socket's send queue not sent yet (SIOCOUTQNSD).
 pub fn outq_unsent(fd: RawFd) -> io::Result<u64> {
     let mut n: libc::c_int = 0;

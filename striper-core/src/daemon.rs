@@ -34,6 +34,9 @@ pub const LISTENER: Token = Token(0);
 pub const SIGNALS: Token = Token(1);
 /// Sessions get this long to send their RSTs after a signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Out of descriptors, accepting pauses this long: a failing accept leaves
+/// the connection queued, and retrying at once would spin.
+pub const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a binary puts in the skeleton: its tasks and what to do with them.
 pub trait Service {
@@ -71,6 +74,12 @@ pub trait Service {
         self.reactor().len()
     }
 
+    /// Called after every round of the loop; returns when it next needs to
+    /// be called without an event (`None`: only after events).
+    fn housekeeping(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
+
     /// The exit status when the loop ends.
     fn exit_code(&self) -> ExitCode {
         ExitCode::SUCCESS
@@ -96,6 +105,11 @@ pub struct Daemon {
     /// Accepting stopped at [`Service::admit`]; connections wait in the
     /// kernel's listen queue.
     paused: bool,
+    /// Out of descriptors: no accepting until then.
+    starved_until: Option<Instant>,
+    /// Times accepting paused for want of descriptors, since the last
+    /// warning about it.
+    starved: u64,
 }
 
 impl Daemon {
@@ -107,6 +121,8 @@ impl Daemon {
             listener: None,
             signals,
             paused: false,
+            starved_until: None,
+            starved: 0,
         })
     }
 
@@ -132,8 +148,14 @@ impl Daemon {
         let mut done = Vec::new();
         let mut shutdown: Option<Instant> = None;
         let mut trimmer = Trimmer::new();
+        let mut next_chore: Option<Instant> = None;
         loop {
-            let wait = trimmer.poll(Instant::now());
+            let now = Instant::now();
+            let mut wait = trimmer.poll(now);
+            for at in [next_chore, self.starved_until].into_iter().flatten() {
+                let d = at.saturating_duration_since(now);
+                wait = Some(wait.map_or(d, |w| w.min(d)));
+            }
             service
                 .reactor()
                 .poll(&mut own, wait)
@@ -162,10 +184,17 @@ impl Daemon {
                 service.finished(slot, task);
             }
             // The listener is edge-triggered: connections left queued while
-            // paused raise no new event, so look again once slots are free.
+            // paused raise no new event, so look again once slots are free
+            // (or descriptors, after a pause).
+            let now = Instant::now();
+            if self.starved_until.is_some_and(|t| now >= t) {
+                self.starved_until = None;
+                self.paused = true;
+            }
             if self.paused && shutdown.is_none() {
                 self.accept_all(&mut service);
             }
+            next_chore = service.housekeeping(now);
             let left = service.reactor().len();
             if self.listener.is_none() && left == 0 {
                 return Ok(service.exit_code());
@@ -202,6 +231,9 @@ impl Daemon {
         let Some(listener) = &mut self.listener else {
             return;
         };
+        if self.starved_until.is_some() {
+            return;
+        }
         loop {
             if !service.admit() {
                 if !self.paused {
@@ -211,7 +243,17 @@ impl Daemon {
                 return;
             }
             match listener.accept() {
-                Ok((stream, peer)) => service.accepted(stream, peer),
+                Ok((stream, peer)) => {
+                    if self.starved > 0 {
+                        info!(
+                            target: S::LOG_TARGET,
+                            "accepting again: descriptors were short {} time(s)",
+                            self.starved
+                        );
+                        self.starved = 0;
+                    }
+                    service.accepted(stream, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.paused {
                         info!(target: S::LOG_TARGET, "listen queue drained; accepting normally again");
@@ -220,6 +262,22 @@ impl Daemon {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // The connection stays queued; try again in a moment
+                    // rather than on every new connection's event.
+                    self.starved_until = Some(Instant::now() + EMFILE_PAUSE);
+                    if self.starved == 0 {
+                        warn!(
+                            target: S::LOG_TARGET,
+                            "accept failed: {e}; pausing new connections for {} ms at a time \
+                             until descriptors are free (raise the open-file limit, or \
+                             lower --max-sessions)",
+                            EMFILE_PAUSE.as_millis()
+                        );
+                    }
+                    self.starved += 1;
+                    return;
+                }
                 Err(e) => {
                     // Out of descriptors and the like: say so, keep serving.
                     warn!(target: S::LOG_TARGET, "accept failed: {e}");

@@ -15,6 +15,7 @@ pub mod mem;
 pub mod pipe;
 pub mod reactor;
 pub mod signals;
+pub mod warnlimit;
 
 pub use bridge::{Bridge, Outcome, Side, Status};
 pub use pipe::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};

@@ -70,6 +70,12 @@ impl Handshake {
         self.accepted_at
     }
 
+    /// Nothing has arrived from the peer yet, not even unread in the
+    /// socket (an honest stripe's hello comes with its connection).
+    pub fn is_silent(&self) -> bool {
+        self.tcp.bytes_read() == 0 && pipes::sys::inq(self.tcp.raw_fd()).is_ok_and(|n| n == 0)
+    }
+
     pub fn progress(&mut self) -> Progress {
         std::mem::replace(&mut self.progress, Progress::Reading)
     }

@@ -1,11 +1,12 @@
 //! stripe-server: accepts stripes from stripe-clients, groups them into
 //! sessions, and relays each session to the configured target.
 
+mod admission;
 mod handshake;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use striper_core::daemon::{Daemon, Service};
 use striper_core::reactor::TICK;
 use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
 
+use admission::{Admission, Candidate};
 use handshake::{Handshake, Progress};
 
 /// Accept striped sessions from stripe-clients and relay each to a target.
@@ -64,10 +66,18 @@ struct Opts {
     max_stripes: u8,
 
     /// Most connections in their handshake at once. Beyond it the oldest
-    /// handshake (if over 1 s old) is closed to make room; otherwise new
-    /// connections wait in the listen queue.
+    /// silent handshake (nothing received for 0.1 s), else the oldest one
+    /// over 1 s old, is closed to make room; otherwise new connections wait
+    /// in the listen queue.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_pending: usize,
+
+    /// Most connections in their handshake at once from one address (one
+    /// /64 for IPv6). Beyond it the address's own oldest silent handshake
+    /// is closed to make room, or else the new connection. Default: a
+    /// quarter of --max-pending.
+    #[arg(long, value_name = "N")]
+    max_pending_per_source: Option<usize>,
 
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -80,8 +90,6 @@ struct Opts {
     tuning: TuningOpts,
 }
 
-/// At --max-pending, handshakes older than this may be closed for new ones.
-const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// Finished session ids remembered, so a stripe naming one is refused.
 const FINISHED_MEMORY: usize = 65_536;
 
@@ -142,14 +150,11 @@ struct Server {
     target_name: String,
     max_sessions: usize,
     max_stripes: u8,
-    max_pending: usize,
+    admission: Admission,
     handshake_timeout: Duration,
     sessions: HashMap<SessionId, usize>,
     finished: HashSet<SessionId>,
     finished_order: VecDeque<SessionId>,
-    pending: usize,
-    /// Refusals already logged for an address, so a flood logs once.
-    refused_logged: HashSet<(IpAddr, &'static str)>,
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
@@ -168,13 +173,16 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         target_name: target.clone(),
         max_stripes: opts.max_stripes,
         max_sessions: opts.max_sessions.max(1),
-        max_pending: opts.max_pending.max(1),
+        admission: Admission::new(
+            opts.max_pending,
+            opts.max_pending_per_source
+                .unwrap_or(opts.max_pending / 4)
+                .max(1),
+        ),
         handshake_timeout: opts.handshake_timeout,
         sessions: HashMap::new(),
         finished: HashSet::new(),
         finished_order: VecDeque::new(),
-        pending: 0,
-        refused_logged: HashSet::new(),
     };
     let (daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
     info!(
@@ -202,26 +210,41 @@ impl Service for Server {
     }
 
     fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
+        if !self.admission.source_has_room(peer) && !self.evict(Some(peer)) {
+            // Dropping the socket closes it.
+            self.admission.refuse(
+                peer,
+                "was closed: too many handshakes in progress from its address",
+                "--max-pending-per-source reached, none of them silent",
+                Instant::now(),
+            );
+            return;
+        }
         let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
         let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
         if self.spawn_accepted(ServerTask::Handshake(Box::new(h)), peer) {
-            self.pending += 1;
+            self.admission.add(peer);
         }
     }
 
-    /// Below --max-pending, or once the oldest handshake made room. When
-    /// every slot is young, the rest wait in the kernel's listen queue, so
-    /// a burst of honest clients waits a moment instead of being cut off;
-    /// accepting resumes as handshakes finish or grow old enough to evict.
+    /// Below --max-pending, or once a silent or old handshake made room.
+    /// When every slot is young and talking, the rest wait in the kernel's
+    /// listen queue, so a burst of honest clients waits a moment instead of
+    /// being cut off; accepting resumes as handshakes finish or grow old
+    /// enough to evict.
     fn admit(&mut self) -> bool {
-        self.pending < self.max_pending || self.evict_oldest_handshake()
+        self.admission.has_room() || self.evict(None)
     }
 
     fn paused(&mut self) {
         warn!(
             "{} connections in their handshake (--max-pending): new connections wait in the listen queue",
-            self.pending
+            self.admission.pending()
         );
+    }
+
+    fn housekeeping(&mut self, now: Instant) -> Option<Instant> {
+        self.admission.housekeeping(now)
     }
 
     fn finished(&mut self, slot: usize, task: ServerTask) {
@@ -241,62 +264,61 @@ impl Service for Server {
 }
 
 impl Server {
-    /// At --max-pending, closes the handshake that has waited longest, if
-    /// it has waited at least [`EVICT_AFTER`]. An honest stripe sends its
-    /// hello at once and finishes within a round trip, so the oldest
-    /// handshakes are the idle or slow ones: a flood of silent connections
-    /// cannot keep honest clients out for the whole handshake timeout.
-    fn evict_oldest_handshake(&mut self) -> bool {
-        let cutoff = Instant::now() - EVICT_AFTER;
-        let oldest = self
-            .reactor
-            .iter_mut()
-            .filter_map(|(slot, t)| match t {
-                ServerTask::Handshake(h) if h.accepted_at() <= cutoff => {
-                    Some((h.accepted_at(), slot))
-                }
-                _ => None,
-            })
-            .min();
-        let Some((_, slot)) = oldest else {
+    /// Closes a handshake to make room for `for_peer`'s source (`Some`) or
+    /// for anyone (`None`), as [`Admission::victim`] chooses.
+    fn evict(&mut self, for_peer: Option<SocketAddr>) -> bool {
+        let now = Instant::now();
+        let candidates = self.reactor.iter_mut().filter_map(|(slot, t)| match t {
+            ServerTask::Handshake(h) => Some(Candidate {
+                slot,
+                peer: h.peer(),
+                accepted_at: h.accepted_at(),
+                silent: h.is_silent(),
+            }),
+            ServerTask::Session(_) => None,
+        });
+        let Some(victim) =
+            self.admission
+                .victim(for_peer, now, candidates.collect::<Vec<_>>().into_iter())
+        else {
             return false;
         };
-        let Some(ServerTask::Handshake(h)) = self.reactor.remove(slot) else {
+        let Some(ServerTask::Handshake(h)) = self.reactor.remove(victim.slot) else {
             return false;
         };
-        self.pending -= 1;
-        self.refuse_once(
-            h.peer(),
-            "was closed to make room (--max-pending)",
-            &format!(
-                "its handshake was the oldest of {} in progress ({:.1} s)",
-                self.max_pending,
-                h.accepted_at().elapsed().as_secs_f64()
+        self.admission.remove(h.peer());
+        let (class, limit) = match for_peer {
+            Some(_) => (
+                "was closed to make room (--max-pending-per-source)",
+                "from its address",
             ),
+            None => ("was closed to make room (--max-pending)", "in all"),
+        };
+        let what = if victim.silent {
+            "silent"
+        } else {
+            "in progress"
+        };
+        self.admission.refuse(
+            h.peer(),
+            class,
+            &format!(
+                "its handshake was the oldest {what} one {limit} ({:.1} s)",
+                now.saturating_duration_since(h.accepted_at()).as_secs_f64()
+            ),
+            now,
         );
         true
     }
 
-    /// Logs a refusal or failure once per peer address and class, so a
-    /// flood stays one warning; repeats go to the debug level.
     fn refuse_once(&mut self, peer: SocketAddr, class: &'static str, why: &str) {
-        if self.refused_logged.len() > 10_000 {
-            self.refused_logged.clear();
-        }
-        if self.refused_logged.insert((peer.ip(), class)) {
-            warn!(
-                "connection from {peer} {class}: {why} (more like it from {} are logged at debug level)",
-                peer.ip()
-            );
-        } else {
-            debug!("connection from {peer} {class}: {why}");
-        }
+        self.admission.refuse(peer, class, why, Instant::now());
     }
 
     fn finished_task(&mut self, slot: usize, task: ServerTask) {
         match task {
             ServerTask::Handshake(h) => {
-                self.pending -= 1;
+                self.admission.remove(h.peer());
                 self.handshake_step(*h);
             }
             ServerTask::Session(s) => {
@@ -344,8 +366,9 @@ impl Server {
                     self.refuse_once(h.peer(), "was refused a stripe", &why);
                     return;
                 }
+                let peer = h.peer();
                 match self.reactor.spawn(ServerTask::Handshake(Box::new(h))) {
-                    Ok(_) => self.pending += 1,
+                    Ok(_) => self.admission.add(peer),
                     Err(e) => warn!("handshake dropped: cannot register it: {e}"),
                 }
             }

@@ -266,7 +266,20 @@ fn hostile_storm_during_a_real_session() {
     let mut server = harness::start_server(
         &key,
         target.addr(),
-        &[&["--handshake-timeout", "2"][..], WINDOW_ARGS].concat(),
+        // Every hostile connection here comes from the client's own
+        // address: the per-source limit is lifted so that each stalled one
+        // meets its handshake timeout (tests/tests/admission.rs tests the
+        // limit).
+        &[
+            &[
+                "--handshake-timeout",
+                "2",
+                "--max-pending-per-source",
+                "256",
+            ][..],
+            WINDOW_ARGS,
+        ]
+        .concat(),
         "info",
     );
     let mut client = harness::start_client(&key, server.addr(), 4, WINDOW_ARGS, "info");
