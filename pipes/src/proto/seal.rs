@@ -222,7 +222,7 @@ mod tests {
         // The length is authenticated too: a shorter one cuts the tag.
         let mut g = a.clone();
         g[3] -= 1;
-        assert!(matches!(Opener::new(&[3; 32]).open(&mut g, 1024), Err(_)));
+        assert!(Opener::new(&[3; 32]).open(&mut g, 1024).is_err());
         // Record one first (reordered), or record zero twice (replayed).
         assert!(Opener::new(&[3; 32]).open(&mut b.clone(), 1024).is_err());
         let mut o = Opener::new(&[3; 32]);
