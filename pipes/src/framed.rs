@@ -1,30 +1,42 @@
-//! `FramedPipe<P>`: frames on top of a byte pipe.
+//! `FramedPipe`: sealed frames on top of a TCP pipe.
 //!
-//! Reading decodes whole frames straight out of the inner pipe's read
-//! buffer (no copy until the session takes the payload). Writing sends the
-//! header and the payload as one gathered write; the payload stays in the
-//! session's send buffer, so a frame that only partly fits is finished from
-//! there on the next writable event. Before the first frame, raw handshake
-//! bytes may be queued with [`FramedPipe::queue_raw`].
+//! Every frame after the handshake travels as one sealed record
+//! ([`crate::proto::seal`]): its 20-byte header (with its CRC, which the
+//! tag makes redundant but keeps one frame codec for every layer) and its
+//! payload. Reading opens records in place in the TCP pipe's read buffer
+//! and decodes the frame inside (no copy until the session takes the
+//! payload). Writing encodes the header, seals header and payload into the
+//! stripe's out buffer (the one copy of the payload on the way out) and
+//! writes it; a record that only partly fits is finished on the next
+//! writable event. Before the first frame, raw handshake bytes may be
+//! queued with [`FramedPipe::queue_raw`].
 
 use std::fmt;
-use std::io::IoSlice;
 
 use striper_core::{Pipe, PipeError, Readable};
 
 use crate::proto::frame::{self, Frame, FrameError};
+use crate::proto::noise::Keys;
+use crate::proto::seal::{self, Opener, SealError, Sealer};
 use crate::proto::session::Transmit;
+use crate::tcp::TcpPipe;
 
 /// Why reading frames stopped.
 #[derive(Debug)]
 pub enum FramedError {
-    /// The bytes are not a valid frame; `offset` is where the frame started
-    /// in this stripe's byte stream (after the handshake).
+    /// The record does not open (its tag fails, or its length is out of
+    /// bounds): the stripe cannot be trusted any further. `offset` is where
+    /// it started in this stripe's byte stream (after the handshake).
+    Sealed {
+        err: SealError,
+        offset: u64,
+    },
+    /// The record opened but does not hold one valid frame.
     Corrupt {
         err: FrameError,
         offset: u64,
     },
-    /// The stream ended in the middle of a frame.
+    /// The stream ended in the middle of a record.
     Truncated {
         offset: u64,
     },
@@ -34,9 +46,10 @@ pub enum FramedError {
 impl fmt::Display for FramedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            FramedError::Sealed { err, offset } => write!(f, "{err} at offset {offset}"),
             FramedError::Corrupt { err, offset } => write!(f, "{err} at offset {offset}"),
             FramedError::Truncated { offset } => {
-                write!(f, "connection closed inside the frame at offset {offset}")
+                write!(f, "connection closed inside the record at offset {offset}")
             }
             FramedError::Pipe(e) => write!(f, "{e}"),
         }
@@ -45,7 +58,8 @@ impl fmt::Display for FramedError {
 
 /// The next thing on the read side.
 pub enum Next<'a> {
-    /// A frame and the bytes it occupies (pass them to [`FramedPipe::consume_frame`]).
+    /// A frame and the bytes its record occupies (pass them to
+    /// [`FramedPipe::consume_frame`]).
     Frame(Frame<'a>, usize),
     /// No whole frame yet.
     Pending,
@@ -53,38 +67,48 @@ pub enum Next<'a> {
     Eof,
 }
 
-struct OutFrame {
-    header: [u8; frame::HEADER_LEN],
-    data: Option<(u64, usize)>,
-    inline: Vec<u8>,
-    written: usize,
-}
-
-pub struct FramedPipe<P> {
-    inner: P,
+pub struct FramedPipe {
+    inner: TcpPipe,
     max_payload: usize,
     raw_out: Vec<u8>,
-    out: Option<OutFrame>,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    /// The sealed record being written, and how much of it is out.
+    out: Vec<u8>,
+    written: usize,
+    /// A record opened in place and not consumed yet: its plaintext's
+    /// length and the bytes it occupies (opening twice would fail).
+    opened: Option<(usize, usize)>,
     in_offset: u64,
 }
 
-impl<P: Pipe> FramedPipe<P> {
-    pub fn new(inner: P, max_payload: usize) -> FramedPipe<P> {
+impl FramedPipe {
+    pub fn new(inner: TcpPipe, max_payload: usize) -> FramedPipe {
         FramedPipe {
             inner,
             max_payload,
             raw_out: Vec::new(),
-            out: None,
+            sealer: None,
+            opener: None,
+            out: Vec::new(),
+            written: 0,
+            opened: None,
             in_offset: 0,
         }
     }
 
-    pub fn inner(&self) -> &P {
+    pub fn inner(&self) -> &TcpPipe {
         &self.inner
     }
 
-    pub fn inner_mut(&mut self) -> &mut P {
+    pub fn inner_mut(&mut self) -> &mut TcpPipe {
         &mut self.inner
+    }
+
+    /// The stripe's keys, from its handshake: frames may flow.
+    pub fn set_keys(&mut self, keys: Keys) {
+        self.sealer = Some(keys.send);
+        self.opener = Some(keys.recv);
     }
 
     /// Queues bytes to write before any frame (the handshake).
@@ -94,48 +118,69 @@ impl<P: Pipe> FramedPipe<P> {
 
     /// Nothing partly written: a new frame may be handed over.
     pub fn is_idle(&self) -> bool {
-        self.out.is_none() && self.raw_out.is_empty()
+        self.written == self.out.len() && self.raw_out.is_empty()
+    }
+
+    /// The largest plaintext a record may hold: one frame.
+    fn max_record(&self) -> usize {
+        frame::HEADER_LEN + self.max_payload.min(frame::ABSOLUTE_MAX_PAYLOAD)
     }
 
     /// The next whole frame in the read buffer, reading more if needed.
     pub fn next_frame(&mut self) -> Result<Next<'_>, FramedError> {
-        let mut last = usize::MAX;
         let offset = self.in_offset;
-        loop {
-            let (len, need) = match self.inner.fill_buf().map_err(FramedError::Pipe)? {
-                Readable::Pending => return Ok(Next::Pending),
-                Readable::Eof => return Ok(Next::Eof),
-                Readable::Bytes(b) => (
-                    b.len(),
-                    frame::needed(b, self.max_payload)
-                        .map_err(|err| FramedError::Corrupt { err, offset })?,
-                ),
-            };
-            if len >= need {
-                break;
-            }
-            if len == last {
-                if self.inner.at_eof() {
-                    return Err(FramedError::Truncated { offset });
+        let max = self.max_record();
+        if self.opened.is_none() {
+            let mut last = usize::MAX;
+            loop {
+                let (len, need) = match self.inner.fill_buf().map_err(FramedError::Pipe)? {
+                    Readable::Pending => return Ok(Next::Pending),
+                    Readable::Eof => return Ok(Next::Eof),
+                    Readable::Bytes(b) => (
+                        b.len(),
+                        Opener::needed(b, max)
+                            .map_err(|err| FramedError::Sealed { err, offset })?,
+                    ),
+                };
+                if len >= need {
+                    break;
                 }
-                // No more bytes came in: wait for the next event.
-                return Ok(Next::Pending);
+                if len == last {
+                    if self.inner.at_eof() {
+                        return Err(FramedError::Truncated { offset });
+                    }
+                    // No more bytes came in: wait for the next event.
+                    return Ok(Next::Pending);
+                }
+                last = len;
+                self.inner.reserve_read(need);
             }
-            last = len;
-            self.inner.reserve_read(need);
+            let opener = self.opener.as_mut().expect("keys before frames");
+            let buf = self.inner.buffered_mut();
+            match opener.open(buf, max) {
+                Ok(Some((plain, total))) => self.opened = Some((plain.len(), total)),
+                Ok(None) => return Ok(Next::Pending),
+                Err(err) => return Err(FramedError::Sealed { err, offset }),
+            }
         }
-        let Readable::Bytes(b) = self.inner.fill_buf().map_err(FramedError::Pipe)? else {
-            unreachable!("bytes were buffered a moment ago");
-        };
-        match frame::decode(b, self.max_payload) {
-            Ok(Some((f, n))) => Ok(Next::Frame(f, n)),
-            Ok(None) => Ok(Next::Pending),
+        let (plain_len, total) = self.opened.expect("opened above");
+        let plain = &self.inner.buffered()[seal::LEN_LEN..seal::LEN_LEN + plain_len];
+        match frame::decode(plain, self.max_payload) {
+            Ok(Some((f, n))) if n == plain.len() => Ok(Next::Frame(f, total)),
+            Ok(_) => Err(FramedError::Corrupt {
+                err: FrameError::BadLength {
+                    ty: frame::FrameType::Data,
+                    len: plain.len() as u32,
+                },
+                offset,
+            }),
             Err(err) => Err(FramedError::Corrupt { err, offset }),
         }
     }
 
     /// Marks a frame returned by [`FramedPipe::next_frame`] as handled.
     pub fn consume_frame(&mut self, n: usize) {
+        self.opened = None;
         self.inner.consume(n);
         self.in_offset += n as u64;
     }
@@ -147,43 +192,33 @@ impl<P: Pipe> FramedPipe<P> {
         t: Transmit,
         payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
     ) -> Result<bool, PipeError> {
-        debug_assert!(self.out.is_none(), "a frame is already in progress");
-        // The one place a frame header is encoded (and its check computed
-        // over the payload).
-        let header = match t.data {
-            Some((off, len)) => {
-                let (a, b) = payload(off, len);
-                t.header.encode(&[a, b])
-            }
-            None => t.header.encode(&[&t.inline]),
+        debug_assert_eq!(
+            self.written,
+            self.out.len(),
+            "a frame is already in progress"
+        );
+        let (a, b) = match t.data {
+            Some((off, len)) => payload(off, len),
+            None => (&t.inline[..], &[][..]),
         };
-        self.out = Some(OutFrame {
-            header,
-            data: t.data,
-            inline: t.inline,
-            written: 0,
-        });
-        self.flush(payload)
+        // The one place a frame header is encoded (and sealed with its
+        // payload).
+        let header = t.header.encode(&[a, b]);
+        self.out.clear();
+        self.written = 0;
+        let sealer = self.sealer.as_mut().expect("keys before frames");
+        sealer
+            .seal(&[&header, a, b], &mut self.out)
+            .map_err(|e| PipeError::new(striper_core::ErrorKind::Protocol, e.to_string()))?;
+        self.flush()
     }
 
-    /// Copies the payload of the frame in progress out of the session's
-    /// send buffer, so the session may free those bytes (they were
-    /// acknowledged through another stripe) while this stripe still has to
-    /// finish the frame byte for byte.
-    pub fn detach_payload<'s>(&mut self, payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8])) {
-        if let Some(out) = &mut self.out
-            && let Some((off, len)) = out.data.take()
-        {
-            let (a, b) = payload(off, len);
-            out.inline = [a, b].concat();
-        }
-    }
+    /// Nothing to do: the payload was copied when the record was sealed.
+    /// (Kept so the striped pipe can release stale pins the same way.)
+    pub fn detach_payload(&mut self) {}
 
     /// Writes what is queued. Returns true when nothing is left.
-    pub fn flush<'s>(
-        &mut self,
-        payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
-    ) -> Result<bool, PipeError> {
+    pub fn flush(&mut self) -> Result<bool, PipeError> {
         while !self.raw_out.is_empty() {
             let n = self.inner.write(&self.raw_out)?;
             if n == 0 {
@@ -191,34 +226,23 @@ impl<P: Pipe> FramedPipe<P> {
             }
             self.raw_out.drain(..n);
         }
-        let Some(out) = &mut self.out else {
-            return Ok(true);
-        };
-        let (a, b) = match out.data {
-            Some((off, len)) => payload(off, len),
-            None => (&out.inline[..], &[][..]),
-        };
-        let total = frame::HEADER_LEN + a.len() + b.len();
-        while out.written < total {
-            let mut slices = [IoSlice::new(&[]), IoSlice::new(&[]), IoSlice::new(&[])];
-            let mut k = 0;
-            let mut skip = out.written;
-            for part in [&out.header[..], a, b] {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                slices[k] = IoSlice::new(&part[skip..]);
-                skip = 0;
-                k += 1;
-            }
-            let n = self.inner.write_vectored(&slices[..k])?;
+        while self.written < self.out.len() {
+            let n = self.inner.write(&self.out[self.written..])?;
             if n == 0 {
                 return Ok(false);
             }
-            out.written += n;
+            self.written += n;
         }
-        self.out = None;
         Ok(true)
+    }
+
+    /// Frees the out buffer when nothing is in it (an idle stripe).
+    pub fn release_idle(&mut self) {
+        if self.is_idle() && self.out.capacity() > 0 {
+            self.out = Vec::new();
+            self.written = 0;
+            striper_core::mem::note_freed();
+        }
+        self.inner.release_idle();
     }
 }

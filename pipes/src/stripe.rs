@@ -10,7 +10,9 @@ use mio::{Registry, Token};
 use striper_core::{ErrorKind, Pipe, PipeError, Readable, Ready};
 
 use crate::framed::{FramedError, FramedPipe, Next};
-use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep};
+use crate::proto::auth::Key;
+use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep, Secret};
+use crate::proto::noise::Keys;
 use crate::proto::queue::{PathSample, QueueBounds, QueueLimit};
 use crate::proto::session::Transmit;
 use crate::striped::{StripedConfig, UnsentLimit};
@@ -45,7 +47,7 @@ pub struct KernelSample {
 }
 
 pub struct Stripe {
-    framed: FramedPipe<TcpPipe>,
+    framed: FramedPipe,
     state: StripeState,
     /// When the stripe entered its state (for the handshake timeout).
     since: Option<Instant>,
@@ -74,9 +76,10 @@ impl Stripe {
         Ok(Stripe::new(cfg, tcp, StripeState::Connecting, join))
     }
 
-    /// Server: a connection whose handshake is done.
-    pub fn accepted(cfg: &StripedConfig, tcp: TcpPipe, now: Instant) -> Stripe {
+    /// Server: a connection whose handshake is done, with its keys.
+    pub fn accepted(cfg: &StripedConfig, tcp: TcpPipe, keys: Keys, now: Instant) -> Stripe {
         let mut s = Stripe::new(cfg, tcp, StripeState::Up, false);
+        s.framed.set_keys(keys);
         s.since = Some(now);
         s.tune(cfg);
         s
@@ -153,30 +156,30 @@ impl Stripe {
         self.framed.inner_mut().on_ready(token, ready);
     }
 
-    /// Client: drives the connect; once connected, sends the hello (and,
-    /// without a key, the empty proof: frames may follow at once). Returns
-    /// true when the stripe may carry frames from now on.
+    /// Client: drives the connect; once connected, sends the hello, to be
+    /// confirmed with the session's `secret`.
     pub fn poll_connect(
         &mut self,
         cfg: &StripedConfig,
         registry: &Registry,
         now: Instant,
         hello: impl FnOnce(bool) -> ClientHello,
-    ) -> Result<bool, PipeError> {
+        secret: &Secret,
+    ) -> Result<(), PipeError> {
         self.since.get_or_insert(now);
         self.framed.inner_mut().poll_connect(registry, now)?;
         if !self.framed.inner().is_connected() {
-            return Ok(false);
+            return Ok(());
         }
         self.tune(cfg);
         let hello = hello(self.join);
         self.join = hello.kind == crate::proto::handshake::Kind::Join;
-        let (hs, bytes) = ClientHandshake::start(&hello, cfg.key.clone());
+        let key = cfg.key.clone().unwrap_or_else(Key::none);
+        let (hs, bytes) = ClientHandshake::start(&hello, &key, *secret);
         self.framed.queue_raw(&bytes);
-        let early = hs.early_frames();
         self.handshake = Some(hs);
         self.set_state(StripeState::AwaitAnswer, now);
-        Ok(early)
+        Ok(())
     }
 
     /// Client: reads the server's answer. `Ok(None)` while it is not all
@@ -190,7 +193,10 @@ impl Stripe {
         let closed = || {
             PipeError::new(
                 ErrorKind::Reset,
-                format!("{peer} closed the stripe during the handshake"),
+                format!(
+                    "{peer} closed the stripe during the handshake (a server with another \
+                     key, or none, does this)"
+                ),
             )
         };
         let hs = self.handshake.as_mut().expect("awaiting an answer");
@@ -199,7 +205,7 @@ impl Stripe {
             Readable::Pending => ClientStep::Pending,
             Readable::Bytes(b) => hs.handle(b),
         };
-        if step != ClientStep::Pending {
+        if !matches!(step, ClientStep::Pending) {
             self.framed.inner_mut().consume(ClientHandshake::ANSWER_LEN);
             self.handshake = None;
             return Ok(Some(step));
@@ -220,9 +226,11 @@ impl Stripe {
         Ok(None)
     }
 
-    /// Bytes to send before any frame (the client's proof).
-    pub fn queue_raw(&mut self, bytes: &[u8]) {
-        self.framed.queue_raw(bytes);
+    /// The handshake is over: `confirm` goes out first, then frames sealed
+    /// with `keys`.
+    pub fn confirm(&mut self, keys: Keys, confirm: &[u8]) {
+        self.framed.queue_raw(confirm);
+        self.framed.set_keys(keys);
     }
 
     pub fn next_frame(&mut self) -> Result<Next<'_>, FramedError> {
@@ -296,15 +304,8 @@ impl Stripe {
         self.framed.send(t, payload)
     }
 
-    pub fn flush<'s>(
-        &mut self,
-        payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8]),
-    ) -> Result<bool, PipeError> {
-        self.framed.flush(payload)
-    }
-
-    pub fn detach_payload<'s>(&mut self, payload: impl Fn(u64, usize) -> (&'s [u8], &'s [u8])) {
-        self.framed.detach_payload(payload);
+    pub fn flush(&mut self) -> Result<bool, PipeError> {
+        self.framed.flush()
     }
 
     /// Resets the connection (the stripe is given up).
@@ -328,6 +329,6 @@ impl Stripe {
     }
 
     pub fn release_idle(&mut self) {
-        self.framed.inner_mut().release_idle();
+        self.framed.release_idle();
     }
 }

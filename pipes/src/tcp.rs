@@ -458,6 +458,11 @@ impl TcpPipe {
         self.rbuf.data()
     }
 
+    /// The same, to decrypt in place.
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        self.rbuf.data_mut()
+    }
+
     /// Whether the buffer holds bytes or the socket may have more.
     pub fn may_read(&self) -> bool {
         !self.rbuf.is_empty() || (self.readable && !self.read_eof && self.state == State::Open)

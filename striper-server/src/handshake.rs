@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use pipes::TcpPipe;
 use pipes::proto::auth::Key;
-use pipes::proto::handshake::{ClientHello, SERVER_HELLO_LEN, ServerHandshake, ServerStep, Status};
+use pipes::proto::handshake::{ClientHello, Secret, ServerHandshake, ServerStep, Status};
+use pipes::proto::noise::{Keys, SERVER_ANSWER_LEN};
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
 const CLOSED: &str = "closed the connection during the handshake";
@@ -26,8 +27,13 @@ pub enum Progress {
     Reading,
     /// A valid hello: judge it and [`Handshake::answer`].
     HelloReceived(ClientHello),
-    /// Hello answered and proof received: the stripe may join its session.
-    Complete(ClientHello),
+    /// Hello answered and confirmation received: the stripe may join the
+    /// session holding `secret`, sealing with `keys`.
+    Complete {
+        hello: ClientHello,
+        secret: Secret,
+        keys: Box<Keys>,
+    },
     /// `class` is a fixed phrase for rate-limited logging ("failed
     /// authentication"); `why` the details.
     Failed {
@@ -51,6 +57,7 @@ pub struct Handshake {
 
 impl Handshake {
     pub fn new(tcp: TcpPipe, key: Option<Key>, peer: SocketAddr, timeout: Duration) -> Handshake {
+        let key = key.unwrap_or_else(Key::none);
         Handshake {
             tcp,
             accepted_at: Instant::now(),
@@ -93,13 +100,11 @@ impl Handshake {
     /// Sends the server's verdict on the hello; with `Status::Ok` the task
     /// goes on to read the client's proof.
     pub fn answer(&mut self, status: Status, window: u32, max_payload: u32) -> Result<(), String> {
-        let mut nonce = [0u8; 16];
-        rand::fill(&mut nonce);
-        let answer = self.machine.answer(status, window, max_payload, nonce);
+        let answer = self.machine.answer(status, window, max_payload);
         // A fresh socket always has room for 64 bytes; anything else means
         // the peer is already gone.
         match self.tcp.write(&answer) {
-            Ok(SERVER_HELLO_LEN) => Ok(()),
+            Ok(SERVER_ANSWER_LEN) => Ok(()),
             Ok(_) => Err("the connection would not take the 64-byte answer".into()),
             Err(e) => Err(e.to_string()),
         }
@@ -126,7 +131,7 @@ impl Handshake {
     pub fn deregister(&mut self, registry: &Registry) {
         if !matches!(
             self.progress,
-            Progress::HelloReceived(_) | Progress::Complete(_)
+            Progress::HelloReceived(_) | Progress::Complete { .. }
         ) {
             self.tcp.deregister(registry)
         }
@@ -161,8 +166,16 @@ impl Handshake {
                 self.progress = Progress::HelloReceived(hello);
                 return TaskStatus::Done;
             }
-            ServerStep::Complete(hello) => {
-                self.progress = Progress::Complete(hello);
+            ServerStep::Complete {
+                hello,
+                secret,
+                keys,
+            } => {
+                self.progress = Progress::Complete {
+                    hello,
+                    secret,
+                    keys,
+                };
                 return TaskStatus::Done;
             }
             ServerStep::Failed { class, why, reply } => {

@@ -14,7 +14,8 @@ use clap::Parser;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
-use pipes::proto::handshake::{ClientHello, Kind, SessionId, Status, short_id};
+use pipes::proto::handshake::{ClientHello, Kind, Secret, SessionId, Status, short_id};
+use pipes::proto::noise::Keys;
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
@@ -210,15 +211,13 @@ impl Service for Server {
     }
 
     fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
-        if !self.admission.source_has_room(peer) && !self.evict(Some(peer)) {
-            // Dropping the socket closes it.
-            self.admission.refuse(
-                peer,
-                "was closed: too many handshakes in progress from its address",
-                "--max-pending-per-source reached, none of them silent",
-                Instant::now(),
-            );
-            return;
+        // A source at its own limit makes room from its own stale
+        // handshakes first. Its young ones may be an honest burst (a
+        // stripe's hello often arrives just after the connection is
+        // accepted), so it is not refused for them: --max-pending bounds
+        // everyone together.
+        if !self.admission.source_has_room(peer) {
+            self.evict(Some(peer));
         }
         let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
         let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
@@ -372,7 +371,11 @@ impl Server {
                     Err(e) => warn!("handshake dropped: cannot register it: {e}"),
                 }
             }
-            Progress::Complete(hello) => self.join(h, hello),
+            Progress::Complete {
+                hello,
+                secret,
+                keys,
+            } => self.join(h, hello, secret, *keys),
             Progress::Reading | Progress::Cancelled => {}
         }
     }
@@ -394,7 +397,7 @@ impl Server {
     }
 
     /// An authenticated stripe joins its session, creating it if needed.
-    fn join(&mut self, h: Handshake, hello: ClientHello) {
+    fn join(&mut self, h: Handshake, hello: ClientHello, secret: Secret, keys: Keys) {
         let peer = h.peer();
         let slot = match self.sessions.get(&hello.session) {
             Some(&slot) => slot,
@@ -406,7 +409,7 @@ impl Server {
                     );
                     return;
                 }
-                match self.open_session(&hello, peer) {
+                match self.open_session(&hello, secret, peer) {
                     Some(slot) => slot,
                     None => return,
                 }
@@ -416,11 +419,13 @@ impl Server {
             return;
         };
         let ServerTask::Session(s) = task else { return };
-        if let Err(e) =
-            s.bridge
-                .a_mut()
-                .add_stripe(registry, hello.index, h.into_tcp(), Instant::now())
-        {
+        if let Err(e) = s.bridge.a_mut().add_stripe(
+            registry,
+            hello.index,
+            h.into_tcp(),
+            (keys, &secret),
+            Instant::now(),
+        ) {
             warn!(
                 "stripe {} from {peer} could not join session {}: {e}",
                 hello.index,
@@ -430,8 +435,14 @@ impl Server {
         self.reactor.wake(slot);
     }
 
-    fn open_session(&mut self, hello: &ClientHello, client: SocketAddr) -> Option<usize> {
-        let striped = StripedPipe::server(self.cfg.clone(), hello.session, hello.count, hello);
+    fn open_session(
+        &mut self,
+        hello: &ClientHello,
+        secret: Secret,
+        client: SocketAddr,
+    ) -> Option<usize> {
+        let striped =
+            StripedPipe::server(self.cfg.clone(), hello.session, secret, hello.count, hello);
         let name = format!("target {}", self.target_name);
         let target = match TcpPipe::connect(&self.targets, name, self.cfg.connect_timeout) {
             Ok(t) => t,

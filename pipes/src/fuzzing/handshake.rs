@@ -1,125 +1,109 @@
-//! The `handshake` target: the hello parsers, the key file parser and the
-//! proofs.
+//! The `handshake` target: the hello parsers, the key file parser, the
+//! server's handshake machine fed arbitrary bytes, and the client's machine
+//! fed an arbitrary answer.
 
 use crate::proto::auth::Key;
 use crate::proto::handshake::{
-    CLIENT_HELLO_LEN, CLIENT_MAGIC, ClientHello, HandshakeError, MAX_STRIPES, MIN_MAX_PAYLOAD,
-    MIN_WINDOW, SERVER_HELLO_LEN, SERVER_MAGIC, ServerHello, Status,
+    ClientHandshake, ClientHello, ClientStep, Kind, MAX_STRIPES, MIN_MAX_PAYLOAD, MIN_WINDOW,
+    ServerHandshake, ServerHello, ServerStep, Status,
 };
+use crate::proto::noise::{ANSWER_PLAIN_LEN, HELLO_PLAIN_LEN};
 
-/// Both hello parsers on `data` and every prefix up to a whole hello, with
-/// round trips; the key file parser on `data` as text; and, when there are
-/// enough bytes, the proofs over a fuzzed transcript.
+/// Both field parsers with round trips; the key file parser on `data` as
+/// text; the server's machine on `data` cut into pieces (first as it is,
+/// then behind a genuine first flight, so the confirmation's decoder sees
+/// fuzzed bytes too); the client's machine on `data` as the answer.
 pub fn handshake(data: &[u8]) {
-    client_hello(data);
-    server_hello(data);
+    hello_fields(data);
     key_file(data);
-    proofs(data);
+    server_machine(data, false);
+    server_machine(data, true);
+    client_machine(data);
 }
 
-/// Magic prefix rule shared by both parsers: `Err(BadMagic)` exactly when
-/// the first `min(len, 4)` bytes differ from the magic.
-fn magic_ok(b: &[u8], magic: [u8; 4]) -> bool {
-    let n = b.len().min(4);
-    b[..n] == magic[..n]
-}
-
-fn client_hello(data: &[u8]) {
-    let full = ClientHello::parse(data);
-    for cut in 0..data.len().min(CLIENT_HELLO_LEN) {
-        let p = ClientHello::parse(&data[..cut]);
-        if magic_ok(&data[..cut], CLIENT_MAGIC) {
-            assert_eq!(p, Ok(None), "a short prefix of {cut} bytes");
-        } else {
-            assert!(matches!(p, Err(HandshakeError::BadMagic(_))), "{p:?}");
-        }
-    }
-    if data.len() > CLIENT_HELLO_LEN {
-        assert_eq!(
-            full,
-            ClientHello::parse(&data[..CLIENT_HELLO_LEN]),
-            "trailing bytes mattered"
-        );
-    }
-    match &full {
-        Ok(Some(h)) => {
-            assert!(data.len() >= CLIENT_HELLO_LEN);
+fn hello_fields(data: &[u8]) {
+    if let Some(b) = data.get(..HELLO_PLAIN_LEN) {
+        let b: &[u8; HELLO_PLAIN_LEN] = b.try_into().expect("checked");
+        if let Ok(h) = ClientHello::parse(b) {
             assert!(h.count >= 1 && h.count <= MAX_STRIPES && h.index < h.count);
             assert!(h.window >= MIN_WINDOW && h.max_payload >= MIN_MAX_PAYLOAD);
-            // The server's proof covers `hello.encode()`, the client's the
-            // bytes it sent: they must be the same bytes.
-            assert_eq!(
-                &h.encode()[..],
-                &data[..CLIENT_HELLO_LEN],
-                "hello not canonical"
-            );
-            assert_eq!(ClientHello::parse(&h.encode()), Ok(Some(h.clone())));
+            assert_eq!(&h.encode(), b, "hello not canonical");
         }
-        Ok(None) => {
-            assert!(data.len() < CLIENT_HELLO_LEN && magic_ok(data, CLIENT_MAGIC));
+    }
+    if let Some(b) = data.get(..ANSWER_PLAIN_LEN) {
+        let b: &[u8; ANSWER_PLAIN_LEN] = b.try_into().expect("checked");
+        if let Ok(a) = ServerHello::parse(b) {
+            assert_eq!(&a.encode(), b, "answer not canonical");
         }
-        Err(e) => {
-            let _ = (e.to_string(), e.status());
-            assert_eq!(
-                matches!(e, HandshakeError::BadMagic(_)),
-                !magic_ok(data, CLIENT_MAGIC)
-            );
-            if !matches!(e, HandshakeError::BadMagic(_)) {
-                assert!(data.len() >= CLIENT_HELLO_LEN);
-                assert_ne!(e.status(), Status::Ok);
+    }
+}
+
+fn hello() -> ClientHello {
+    ClientHello {
+        kind: Kind::Open,
+        index: 0,
+        count: 1,
+        session: [9; 16],
+        window: MIN_WINDOW,
+        max_payload: MIN_MAX_PAYLOAD,
+    }
+}
+
+/// Feeds the server's machine `data` in pieces whose sizes come from the
+/// data itself; with `genuine_first`, a real first flight goes first and
+/// the hello is accepted, so `data` lands on the confirmation.
+fn server_machine(data: &[u8], genuine_first: bool) {
+    let key = Key::from_bytes([7; 32]);
+    let mut m = ServerHandshake::new(key.clone());
+    let mut buf = Vec::new();
+    if genuine_first {
+        let (_, first) = ClientHandshake::start(&hello(), &key, [1; 32]);
+        buf.extend_from_slice(&first);
+    }
+    let mut rest = data;
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps < 10_000, "the machine does not make progress");
+        let take = rest
+            .first()
+            .map_or(0, |&b| (b as usize % 64) + 1)
+            .min(rest.len());
+        buf.extend_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        let (used, step) = m.handle(&buf);
+        assert!(used <= buf.len());
+        buf.drain(..used);
+        match step {
+            ServerStep::Pending if rest.is_empty() => return,
+            ServerStep::Pending => {}
+            ServerStep::Hello(h) => {
+                assert!(genuine_first, "a hello decrypted from fuzzed bytes: {h:?}");
+                let answer = m.answer(Status::Ok, MIN_WINDOW, MIN_MAX_PAYLOAD);
+                assert_eq!(answer.len(), ClientHandshake::ANSWER_LEN);
+            }
+            ServerStep::Complete { .. } => {
+                panic!("a confirmation forged from fuzzed bytes was accepted")
+            }
+            ServerStep::Failed { class, reply, .. } => {
+                assert!(!class.is_empty());
+                assert!(reply.len() <= ClientHandshake::ANSWER_LEN);
+                return;
             }
         }
     }
 }
 
-fn server_hello(data: &[u8]) {
-    let full = ServerHello::parse(data);
-    for cut in 0..data.len().min(SERVER_HELLO_LEN) {
-        let p = ServerHello::parse(&data[..cut]);
-        if magic_ok(&data[..cut], SERVER_MAGIC) {
-            assert_eq!(p, Ok(None), "a short prefix of {cut} bytes");
-        } else {
-            assert!(matches!(p, Err(HandshakeError::BadMagic(_))), "{p:?}");
+/// The client's machine on a fuzzed answer: it never accepts one.
+fn client_machine(data: &[u8]) {
+    let key = Key::from_bytes([7; 32]);
+    let (mut c, _) = ClientHandshake::start(&hello(), &key, [1; 32]);
+    match c.handle(data) {
+        ClientStep::Pending => assert!(data.len() < ClientHandshake::ANSWER_LEN),
+        ClientStep::Accepted { .. } | ClientStep::Refused(_) | ClientStep::Malformed(_) => {
+            panic!("a fuzzed answer decrypted")
         }
-    }
-    if data.len() > SERVER_HELLO_LEN {
-        assert_eq!(
-            full,
-            ServerHello::parse(&data[..SERVER_HELLO_LEN]),
-            "trailing bytes mattered"
-        );
-    }
-    match &full {
-        Ok(Some(h)) => {
-            assert!(data.len() >= SERVER_HELLO_LEN);
-            assert_eq!(Status::from_code(h.status.code()), h.status);
-            assert_eq!(h.status.code(), data[5]);
-            let _ = h.status.to_string();
-            if h.status == Status::Ok {
-                assert!(h.window >= MIN_WINDOW && h.max_payload >= MIN_MAX_PAYLOAD);
-            }
-            let enc = h.encode();
-            // Bytes 6..8 are reserved: the parser ignores them, so the only
-            // difference a round trip may make is zeroing them.
-            let mut want = [0u8; SERVER_HELLO_LEN];
-            want.copy_from_slice(&data[..SERVER_HELLO_LEN]);
-            want[6..8].fill(0);
-            assert_eq!(enc, want, "round trip changed more than the reserved bytes");
-            assert_eq!(ServerHello::parse(&enc), Ok(Some(h.clone())));
-            let t = h.transcript();
-            assert_eq!(t[..32], enc[..32]);
-            assert!(t[32..].iter().all(|&b| b == 0));
-        }
-        Ok(None) => {
-            assert!(data.len() < SERVER_HELLO_LEN && magic_ok(data, SERVER_MAGIC));
-        }
-        Err(e) => {
-            let _ = (e.to_string(), e.status());
-            assert_eq!(
-                matches!(e, HandshakeError::BadMagic(_)),
-                !magic_ok(data, SERVER_MAGIC)
-            );
-        }
+        ClientStep::BadProof(_) => {}
     }
 }
 
@@ -145,35 +129,5 @@ fn key_file(data: &[u8]) {
                 .all(|c| c.is_ascii_hexdigit()),
             "a key with non-hex characters was accepted"
         );
-    }
-}
-
-fn proofs(data: &[u8]) {
-    if data.len() < 32 + CLIENT_HELLO_LEN + SERVER_HELLO_LEN {
-        return;
-    }
-    let key = Key::from_bytes(data[..32].try_into().expect("32"));
-    let ch: [u8; CLIENT_HELLO_LEN] = data[32..96].try_into().expect("64");
-    let sh: [u8; SERVER_HELLO_LEN] = data[96..160].try_into().expect("64");
-    let sp = key.server_proof(&ch, &sh);
-    let cp = key.client_proof(&ch, &sh);
-    assert!(key.verify_server(&ch, &sh, &sp));
-    assert!(key.verify_client(&ch, &sh, &cp));
-    assert!(
-        !key.verify_client(&ch, &sh, &sp),
-        "a server proof passed as a client's"
-    );
-    assert!(
-        !key.verify_server(&ch, &sh, &cp),
-        "a client proof passed as a server's"
-    );
-    // Whatever else the input holds, as a proof, is wrong (unless it is the
-    // proof itself, which a fuzzer will not find).
-    let guess = &data[160..data.len().min(192)];
-    if guess != sp {
-        assert!(!key.verify_server(&ch, &sh, guess));
-    }
-    if guess != cp {
-        assert!(!key.verify_client(&ch, &sh, guess));
     }
 }

@@ -11,7 +11,7 @@ use rand::RngExt;
 use striper_core::{ErrorKind, PipeError};
 
 use super::{Role, StripedConfig, StripedPipe};
-use crate::proto::handshake::{ClientHello, ClientStep, Kind, SessionId, Status};
+use crate::proto::handshake::{ClientHello, ClientStep, Kind, SECRET_LEN, SessionId, Status};
 use crate::stripe::{Stripe, StripeState};
 
 /// First re-dial delay; doubles per failed attempt up to the maximum.
@@ -27,6 +27,8 @@ impl StripedPipe {
         count: u8,
         id: SessionId,
     ) -> Result<StripedPipe, PipeError> {
+        let mut secret = [0u8; SECRET_LEN];
+        fill_from_os(&mut secret);
         let mut pipe = StripedPipe::new(
             Role::Client {
                 servers: servers.to_vec(),
@@ -34,6 +36,7 @@ impl StripedPipe {
             },
             cfg,
             id,
+            secret,
             count as usize,
         );
         let mut first_err = None;
@@ -130,7 +133,6 @@ impl StripedPipe {
                     index: i as u8,
                     count: self.stripes.len() as u8,
                     session: self.id,
-                    nonce: [0; 16],
                     window: self.cfg.session.window,
                     max_payload: self.cfg.session.max_payload,
                 };
@@ -139,16 +141,12 @@ impl StripedPipe {
                     if join && established {
                         h.kind = Kind::Join;
                     }
-                    rand::fill(&mut h.nonce);
                     h
                 };
                 let s = self.stripes[i].as_mut().expect("present");
-                let early = s.poll_connect(&self.cfg, registry, now, hello)?;
+                s.poll_connect(&self.cfg, registry, now, hello, &self.secret)?;
                 if s.state() == StripeState::AwaitAnswer {
                     debug!("{}: stripe {i} connected", self.label);
-                }
-                if early {
-                    self.session.stripe_up(i, now);
                 }
             }
             StripeState::AwaitAnswer => {
@@ -162,15 +160,14 @@ impl StripedPipe {
                 match step {
                     ClientStep::Pending => unreachable!("read_answer waits"),
                     ClientStep::Accepted {
+                        keys,
                         send,
                         window,
                         max_payload,
                     } => {
-                        if !send.is_empty() {
-                            s.queue_raw(&send);
-                            self.session.stripe_up(i, now);
-                        }
+                        s.confirm(*keys, &send);
                         s.set_state(StripeState::Up, now);
+                        self.session.stripe_up(i, now);
                         self.stripe_accepted(i, join, window, max_payload, now);
                     }
                     ClientStep::Refused(Status::UnknownSession) if join => {
@@ -193,12 +190,12 @@ impl StripedPipe {
                             format!("{peer} answered with a bad handshake: {e}"),
                         ));
                     }
-                    ClientStep::BadProof => {
+                    ClientStep::BadProof(e) => {
                         return Err(PipeError::new(
                             ErrorKind::Protocol,
                             format!(
-                                "{peer} did not prove it holds our key: wrong key on one side, \
-                                 or the server runs without one"
+                                "{peer} did not prove it holds our key ({e}): wrong key on one \
+                                 side, or the server runs without one"
                             ),
                         ));
                     }
@@ -247,10 +244,14 @@ impl StripedPipe {
 
 /// A fresh session id from the operating system's RNG.
 pub fn new_session_id() -> SessionId {
-    use rand::TryRng;
     let mut id = [0u8; 16];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut id)
-        .expect("the OS random number generator failed");
+    fill_from_os(&mut id);
     id
+}
+
+fn fill_from_os(buf: &mut [u8]) {
+    use rand::TryRng;
+    rand::rngs::SysRng
+        .try_fill_bytes(buf)
+        .expect("the OS random number generator failed");
 }

@@ -37,7 +37,8 @@ use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 pub use crate::config::{StripedConfig, UnsentLimit};
 use crate::framed::{FramedError, Next};
 use crate::proto::frame::ResetReason;
-use crate::proto::handshake::{ClientHello, SessionId, short_id};
+use crate::proto::handshake::{ClientHello, Secret, SessionId, same_secret, short_id};
+use crate::proto::noise::Keys;
 use crate::proto::session::{Session, SessionError};
 use crate::stripe::{Stripe, StripeState};
 use crate::tcp::TcpPipe;
@@ -68,6 +69,9 @@ enum Role {
 pub struct StripedPipe {
     role: Role,
     id: SessionId,
+    /// Proven by every stripe in its confirmation: only the session's two
+    /// ends know it.
+    secret: Secret,
     cfg: StripedConfig,
     session: Session,
     stripes: Vec<Option<Stripe>>,
@@ -91,19 +95,33 @@ pub struct StripedPipe {
 }
 
 impl StripedPipe {
-    /// A server session, created by its first stripe (handshake done).
-    pub fn server(cfg: StripedConfig, id: SessionId, count: u8, peer: &ClientHello) -> StripedPipe {
-        let mut pipe = StripedPipe::new(Role::Server, cfg, id, count as usize);
+    /// A server session, created by its first stripe (handshake done),
+    /// which brought the session's `secret`.
+    pub fn server(
+        cfg: StripedConfig,
+        id: SessionId,
+        secret: Secret,
+        count: u8,
+        peer: &ClientHello,
+    ) -> StripedPipe {
+        let mut pipe = StripedPipe::new(Role::Server, cfg, id, secret, count as usize);
         pipe.session.set_peer_params(peer.window, peer.max_payload);
         pipe.peer_known = true;
         pipe.established = true;
         pipe
     }
 
-    fn new(role: Role, cfg: StripedConfig, id: SessionId, count: usize) -> StripedPipe {
+    fn new(
+        role: Role,
+        cfg: StripedConfig,
+        id: SessionId,
+        secret: Secret,
+        count: usize,
+    ) -> StripedPipe {
         StripedPipe {
             role,
             id,
+            secret,
             session: Session::new(cfg.session.clone(), count),
             stripes: (0..count).map(|_| None).collect(),
             redial: vec![Redial::default(); count],
@@ -158,16 +176,24 @@ impl StripedPipe {
     }
 
     /// Server: adds a handshaken stripe (it may replace one that died or
-    /// that the client gave up on). The connection stays registered with
-    /// the event loop as it was during its handshake; only its token
-    /// changes.
+    /// that the client gave up on), if it proved the session's secret. The
+    /// connection stays registered with the event loop as it was during
+    /// its handshake; only its token changes.
     pub fn add_stripe(
         &mut self,
         registry: &Registry,
         index: u8,
         tcp: TcpPipe,
+        (keys, secret): (Keys, &Secret),
         now: Instant,
     ) -> Result<(), PipeError> {
+        if !same_secret(&self.secret, secret) {
+            return Err(PipeError::new(
+                ErrorKind::Protocol,
+                "it does not hold the session's secret (another key holder, \
+                 or a client that lost its session)",
+            ));
+        }
         let i = index as usize;
         if i >= self.stripes.len() {
             return Err(PipeError::new(
@@ -179,7 +205,7 @@ impl StripedPipe {
             ));
         }
         let span = self.span.expect("registered before stripes join");
-        let mut stripe = Stripe::accepted(&self.cfg, tcp, now);
+        let mut stripe = Stripe::accepted(&self.cfg, tcp, keys, now);
         stripe
             .adopt(registry, span.token(i))
             .map_err(|e| PipeError::io("stripe", &e))?;
@@ -291,6 +317,14 @@ impl StripedPipe {
                     self.lose_stripe(i, e, now);
                     return Ok(false);
                 }
+                Err(e @ FramedError::Sealed { .. }) => {
+                    // Altered, injected, replayed or cut on the way (the
+                    // record's length is in clear): only this stripe is
+                    // suspect. Its bytes go out again on the others.
+                    let e = PipeError::new(ErrorKind::Protocol, format!("{e}"));
+                    self.lose_stripe(i, e, now);
+                    return Ok(false);
+                }
                 Err(e @ FramedError::Corrupt { .. }) => {
                     let e = PipeError::new(ErrorKind::Protocol, format!("stripe {i} {e}"));
                     return Err(self.fail(e));
@@ -350,11 +384,9 @@ impl StripedPipe {
     /// more, or the budget is spent. Returns true if the budget ran out.
     fn transmit(&mut self, now: Instant) -> bool {
         let stale: Vec<usize> = self.session.stale_pins().collect();
+        // A sealed record holds its own copy of the payload: a frame still
+        // being written needs nothing from the send buffer.
         for i in stale {
-            if let Some(s) = self.stripes[i].as_mut() {
-                let session = &self.session;
-                s.detach_payload(|o, l| session.send_slices(o, l));
-            }
             self.session.frame_written(i);
         }
         for i in 0..self.stripes.len() {
@@ -362,8 +394,7 @@ impl StripedPipe {
                 continue;
             };
             if s.wants_flush() {
-                let session = &self.session;
-                match s.flush(|o, l| session.send_slices(o, l)) {
+                match s.flush() {
                     Ok(true) => self.session.frame_written(i),
                     Ok(false) => {}
                     Err(e) => {

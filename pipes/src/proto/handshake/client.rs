@@ -1,26 +1,19 @@
 //! The client's side of a stripe handshake, without IO: bytes to send out,
 //! the server's bytes in, a verdict.
-//!
-//! With a key the client sends its hello, checks the server's proof in the
-//! answer and only then sends its own proof and its first frames. Without a
-//! key it sends hello, the (zero) proof and frames at once: data rides the
-//! first flight, and the answer is only checked for a refusal.
 
-use super::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, Kind, SERVER_HELLO_LEN,
-    ServerHello, Status,
-};
+use super::{ClientHello, HandshakeError, Kind, Secret, ServerHello, Status};
 use crate::proto::auth::Key;
+use crate::proto::noise::{Initiator, Keys, NoiseError, SERVER_ANSWER_LEN};
 
 /// What the server's bytes meant.
-#[derive(Debug, PartialEq, Eq)]
 pub enum ClientStep {
     /// Not all of the answer is in.
     Pending,
-    /// The server took the stripe. `send` goes out before any frame (the
-    /// proof, when there is a key); `window` and `max_payload` are the
-    /// server's.
+    /// The server took the stripe. `send` (the sealed confirmation) goes
+    /// out before any frame, sealed with `keys`; `window` and
+    /// `max_payload` are the server's.
     Accepted {
+        keys: Box<Keys>,
         send: Vec<u8>,
         window: u32,
         max_payload: u32,
@@ -29,39 +22,27 @@ pub enum ClientStep {
     Refused(Status),
     /// The answer is not a valid handshake.
     Malformed(HandshakeError),
-    /// The server did not prove it holds our key.
-    BadProof,
+    /// The answer does not decrypt: the server does not hold our key.
+    BadProof(NoiseError),
 }
 
 pub struct ClientHandshake {
-    hello: [u8; CLIENT_HELLO_LEN],
+    init: Option<Initiator>,
     join: bool,
-    key: Option<Key>,
-    done: bool,
+    secret: Secret,
 }
 
 impl ClientHandshake {
-    /// Starts a handshake; the returned bytes go out first on the stripe.
-    pub fn start(hello: &ClientHello, key: Option<Key>) -> (ClientHandshake, Vec<u8>) {
-        let bytes = hello.encode();
-        let mut out = bytes.to_vec();
-        if key.is_none() {
-            // No key: the (empty) proof and the first frames follow the
-            // hello at once, without waiting for the answer.
-            out.extend_from_slice(&[0u8; CLIENT_AUTH_LEN]);
-        }
+    /// Starts a handshake for `hello`, to confirm with the session's
+    /// `secret`; the returned bytes go out first on the stripe.
+    pub fn start(hello: &ClientHello, key: &Key, secret: Secret) -> (ClientHandshake, Vec<u8>) {
+        let (init, first) = Initiator::start(key.bytes(), &hello.encode(), None);
         let hs = ClientHandshake {
-            hello: bytes,
+            init: Some(init),
             join: hello.kind == Kind::Join,
-            key,
-            done: false,
+            secret,
         };
-        (hs, out)
-    }
-
-    /// Frames may follow the hello before the server answers.
-    pub fn early_frames(&self) -> bool {
-        self.key.is_none()
+        (hs, first)
     }
 
     /// The hello was a JOIN (a refusal then means the session is gone).
@@ -69,37 +50,34 @@ impl ClientHandshake {
         self.join
     }
 
-    /// How many bytes of the server's answer to consume once it is not
+    /// Bytes of the server's answer, consumed once it is not
     /// [`ClientStep::Pending`].
-    pub const ANSWER_LEN: usize = SERVER_HELLO_LEN;
+    pub const ANSWER_LEN: usize = SERVER_ANSWER_LEN;
 
     /// Looks at the bytes the server sent so far. Anything but `Pending`
-    /// ends the handshake; the caller then consumes [`Self::ANSWER_LEN`].
+    /// ends the handshake.
     pub fn handle(&mut self, bytes: &[u8]) -> ClientStep {
-        assert!(!self.done, "the handshake has ended");
-        let answer = match ServerHello::parse(bytes) {
-            Ok(None) => return ClientStep::Pending,
-            Ok(Some(a)) => a,
-            Err(e) => {
-                self.done = true;
-                return ClientStep::Malformed(e);
-            }
+        let Some(answer) = bytes.get(..SERVER_ANSWER_LEN) else {
+            return ClientStep::Pending;
         };
-        self.done = true;
+        let init = self.init.take().expect("the handshake has ended");
+        let (fields, mut keys) = match init.finish(answer.try_into().expect("checked")) {
+            Ok(x) => x,
+            Err(e) => return ClientStep::BadProof(e),
+        };
+        let answer = match ServerHello::parse(&fields) {
+            Ok(a) => a,
+            Err(e) => return ClientStep::Malformed(e),
+        };
         if answer.status != Status::Ok {
             return ClientStep::Refused(answer.status);
         }
-        let send = match &self.key {
-            None => Vec::new(),
-            Some(key) => {
-                let transcript = answer.transcript();
-                if !key.verify_server(&self.hello, &transcript, &answer.proof) {
-                    return ClientStep::BadProof;
-                }
-                key.client_proof(&self.hello, &transcript).to_vec()
-            }
-        };
+        let mut send = Vec::new();
+        if let Err(e) = keys.send.seal(&[&self.secret], &mut send) {
+            unreachable!("the first record of a stripe: {e}");
+        }
         ClientStep::Accepted {
+            keys: Box::new(keys),
             send,
             window: answer.window,
             max_payload: answer.max_payload,

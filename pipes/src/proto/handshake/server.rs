@@ -2,26 +2,32 @@
 //!
 //! It stops twice and lets its caller decide: with a valid hello
 //! ([`ServerStep::Hello`]: the caller judges it against its sessions and
-//! calls [`ServerHandshake::answer`]), and with a valid proof
-//! ([`ServerStep::Complete`]: the stripe may join its session). Whatever
-//! bytes come, it never panics and says what to send back, if anything.
+//! calls [`ServerHandshake::answer`]), and with the client's confirmation
+//! ([`ServerStep::Complete`]: the stripe may join its session if the
+//! secret is the session's). Whatever bytes come, it never panics, and it
+//! answers nobody who cannot prove the key: a refusal for a keyless peer
+//! is the connection closing, nothing more.
 
-use super::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, HandshakeError, PROOF_LEN, SERVER_HELLO_LEN,
-    ServerHello, Status,
-};
+use super::{ClientHello, SECRET_LEN, Secret, ServerHello, Status};
 use crate::proto::auth::Key;
-use crate::proto::frame::{FrameType, ResetReason, encode_vec, rst_payload};
+use crate::proto::noise::{
+    ANSWER_PLAIN_LEN, CLIENT_FIRST_LEN, Keys, NoiseError, PREAMBLE, Responder, SERVER_ANSWER_LEN,
+};
+use crate::proto::seal::SealError;
 
 /// What the client's bytes meant.
-#[derive(Debug, PartialEq, Eq)]
 pub enum ServerStep {
     /// More bytes are needed.
     Pending,
     /// A valid hello (its bytes consumed): judge it and answer.
     Hello(ClientHello),
-    /// The client proved the key (its proof consumed): the stripe may join.
-    Complete(ClientHello),
+    /// The client confirmed (its record consumed): the stripe may join the
+    /// session that holds `secret`, sealing with `keys`.
+    Complete {
+        hello: ClientHello,
+        secret: Secret,
+        keys: Box<Keys>,
+    },
     /// The handshake failed: send `reply` (maybe empty) and close. `class`
     /// is a fixed phrase for rate-limited logging, `why` the details.
     Failed {
@@ -34,129 +40,161 @@ pub enum ServerStep {
 enum Phase {
     Hello,
     /// The hello is being judged by the caller.
-    Judging(ClientHello),
-    /// Waiting for the client's proof over this transcript.
-    Auth {
-        hello: ClientHello,
-        transcript: [u8; SERVER_HELLO_LEN],
-    },
+    Judging(Box<Responder>, ClientHello),
+    /// Waiting for the client's confirmation.
+    Confirm(Box<Keys>, ClientHello),
     Done,
 }
 
 pub struct ServerHandshake {
-    key: Option<Key>,
+    key: Key,
     phase: Phase,
 }
 
 impl ServerHandshake {
-    pub fn new(key: Option<Key>) -> ServerHandshake {
+    pub fn new(key: Key) -> ServerHandshake {
         ServerHandshake {
             key,
             phase: Phase::Hello,
         }
     }
 
-    /// The hello was answered and the proof is awaited.
+    /// The hello was answered and the confirmation is awaited.
     pub fn awaiting_proof(&self) -> bool {
-        matches!(self.phase, Phase::Auth { .. })
+        matches!(self.phase, Phase::Confirm(..))
     }
 
     /// Looks at the bytes received so far; returns how many it consumed
     /// and what they meant.
     pub fn handle(&mut self, bytes: &[u8]) -> (usize, ServerStep) {
-        match &self.phase {
-            Phase::Hello => match ClientHello::parse(bytes) {
-                Ok(None) => (0, ServerStep::Pending),
-                Ok(Some(hello)) => {
-                    self.phase = Phase::Judging(hello.clone());
-                    (CLIENT_HELLO_LEN, ServerStep::Hello(hello))
-                }
-                Err(e) => (0, self.refuse(&e)),
-            },
-            Phase::Auth { hello, transcript } => {
-                if bytes.len() < CLIENT_AUTH_LEN {
-                    return (0, ServerStep::Pending);
-                }
-                let proof = &bytes[..CLIENT_AUTH_LEN];
-                let proven = self
-                    .key
-                    .as_ref()
-                    .is_none_or(|k| k.verify_client(&hello.encode(), transcript, proof));
-                let hello = hello.clone();
-                self.phase = Phase::Done;
-                if !proven {
-                    return (0, auth_failed());
-                }
-                (CLIENT_AUTH_LEN, ServerStep::Complete(hello))
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Hello => self.read_hello(bytes),
+            Phase::Confirm(keys, hello) => self.read_confirm(bytes, keys, hello),
+            other => {
+                self.phase = other;
+                (0, ServerStep::Pending)
             }
-            Phase::Judging(_) | Phase::Done => (0, ServerStep::Pending),
+        }
+    }
+
+    fn read_hello(&mut self, bytes: &[u8]) -> (usize, ServerStep) {
+        if let Err(e) = Responder::check_preamble(bytes) {
+            return (0, preamble_failed(e));
+        }
+        let Some(first) = bytes.get(..CLIENT_FIRST_LEN) else {
+            self.phase = Phase::Hello;
+            return (0, ServerStep::Pending);
+        };
+        let first = first.try_into().expect("checked");
+        let (responder, fields) = match Responder::read_hello(self.key.bytes(), first, None) {
+            Ok(x) => x,
+            Err(e) => return (0, failed("failed authentication", e.to_string())),
+        };
+        match ClientHello::parse(&fields) {
+            Ok(hello) => {
+                self.phase = Phase::Judging(Box::new(responder), hello);
+                (CLIENT_FIRST_LEN, ServerStep::Hello(hello))
+            }
+            Err(e) => {
+                // A key holder with a broken client: tell it why.
+                let refusal = ServerHello {
+                    status: Status::Malformed,
+                    window: 0,
+                    max_payload: 0,
+                };
+                let (reply, _) = responder.answer(&refusal.encode());
+                let mut f = failed("sent an invalid handshake", e.to_string());
+                if let ServerStep::Failed { reply: r, .. } = &mut f {
+                    *r = reply.to_vec();
+                }
+                (CLIENT_FIRST_LEN, f)
+            }
+        }
+    }
+
+    fn read_confirm(
+        &mut self,
+        bytes: &[u8],
+        mut keys: Box<Keys>,
+        hello: ClientHello,
+    ) -> (usize, ServerStep) {
+        let mut record = bytes.to_vec();
+        match keys.recv.open(&mut record, SECRET_LEN) {
+            Ok(None) => {
+                self.phase = Phase::Confirm(keys, hello);
+                (0, ServerStep::Pending)
+            }
+            Ok(Some((plain, n))) => match <Secret>::try_from(plain) {
+                Ok(secret) => (
+                    n,
+                    ServerStep::Complete {
+                        hello,
+                        secret,
+                        keys,
+                    },
+                ),
+                Err(_) => (
+                    0,
+                    failed(
+                        "failed authentication",
+                        "a confirmation of the wrong size".into(),
+                    ),
+                ),
+            },
+            Err(e @ (SealError::TooLarge { .. } | SealError::TooShort { .. })) => (
+                0,
+                failed(
+                    "sent an invalid handshake",
+                    format!("its confirmation: {e}"),
+                ),
+            ),
+            Err(e) => (
+                0,
+                failed("failed authentication", format!("its confirmation: {e}")),
+            ),
         }
     }
 
     /// The caller's verdict on the hello: the bytes of the answer to send.
-    /// With [`Status::Ok`] the handshake goes on to read the client's proof.
+    /// With [`Status::Ok`] the handshake goes on to read the confirmation.
     pub fn answer(
         &mut self,
         status: Status,
         window: u32,
         max_payload: u32,
-        nonce: [u8; 16],
-    ) -> [u8; SERVER_HELLO_LEN] {
-        let Phase::Judging(hello) = std::mem::replace(&mut self.phase, Phase::Done) else {
+    ) -> [u8; SERVER_ANSWER_LEN] {
+        let Phase::Judging(responder, hello) = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
             panic!("answer() without a hello to answer");
         };
-        let mut answer = ServerHello {
+        let fields: [u8; ANSWER_PLAIN_LEN] = ServerHello {
             status,
-            nonce,
             window,
             max_payload,
-            proof: [0; PROOF_LEN],
-        };
-        let transcript = answer.transcript();
+        }
+        .encode();
+        let (reply, keys) = responder.answer(&fields);
         if status == Status::Ok {
-            if let Some(key) = &self.key {
-                answer.proof = key.server_proof(&hello.encode(), &transcript);
-            }
-            self.phase = Phase::Auth { hello, transcript };
+            self.phase = Phase::Confirm(Box::new(keys), hello);
         }
-        answer.encode()
-    }
-
-    fn refuse(&mut self, e: &HandshakeError) -> ServerStep {
-        self.phase = Phase::Done;
-        // A striper client of another version, or a broken one, gets told
-        // why; anything else (not even our magic) just gets closed.
-        if matches!(e, HandshakeError::BadMagic(_)) {
-            return ServerStep::Failed {
-                class: "sent bytes that are not a striper handshake",
-                why: e.to_string(),
-                reply: Vec::new(),
-            };
-        }
-        let hello = ServerHello {
-            status: e.status(),
-            nonce: [0; 16],
-            window: 0,
-            max_payload: 0,
-            proof: [0; PROOF_LEN],
-        };
-        ServerStep::Failed {
-            class: "sent an invalid handshake",
-            why: e.to_string(),
-            reply: hello.encode().to_vec(),
-        }
+        reply
     }
 }
 
-/// The client's proof is wrong: it is told why with an RST frame (it may
-/// already be sending frames).
-fn auth_failed() -> ServerStep {
-    let why = "authentication failed: the client's proof does not match this server's key (wrong key, or none)";
+fn failed(class: &'static str, why: String) -> ServerStep {
     ServerStep::Failed {
-        class: "failed authentication",
-        why: why.to_string(),
-        reply: encode_vec(FrameType::Rst, 0, 0, &rst_payload(ResetReason::Auth, why)),
+        class,
+        why,
+        reply: Vec::new(),
     }
+}
+
+fn preamble_failed(e: NoiseError) -> ServerStep {
+    let class = match &e {
+        NoiseError::Preamble(p) if p[..4] == PREAMBLE[..4] => "speaks another protocol version",
+        _ => "sent bytes that are not a striper handshake",
+    };
+    failed(class, e.to_string())
 }
 
 #[cfg(test)]
@@ -170,76 +208,98 @@ mod tests {
             index: 0,
             count: 2,
             session: [1; 16],
-            nonce: [2; 16],
             window: 1 << 20,
             max_payload: 1 << 16,
         }
     }
 
-    /// Both machines against each other: with the same key they agree, with
-    /// another key each side finds out, and nothing is consumed on failure.
+    /// Both machines against each other: with the same key they agree and
+    /// the server learns the secret; with another key each side finds out.
     #[test]
     fn client_and_server_agree_only_on_the_same_key() {
         let k = Key::from_bytes([7; 32]);
-        for (ckey, skey, ok) in [
-            (Some(k.clone()), Some(k.clone()), true),
-            (None, None, true),
-            (Some(Key::from_bytes([8; 32])), Some(k.clone()), false),
-        ] {
-            let (mut c, out) = ClientHandshake::start(&hello(), ckey.clone());
-            let mut s = ServerHandshake::new(skey);
-            assert_eq!(s.handle(&out[..10]), (0, ServerStep::Pending));
-            let (n, step) = s.handle(&out);
-            assert_eq!((n, step), (CLIENT_HELLO_LEN, ServerStep::Hello(hello())));
-            let answer = s.answer(Status::Ok, 1 << 20, 1 << 16, [3; 16]);
-            assert_eq!(c.handle(&answer[..63]), ClientStep::Pending);
-            match c.handle(&answer) {
-                ClientStep::Accepted { send, .. } if ok => {
-                    let proof = if ckey.is_some() {
-                        send
-                    } else {
-                        out[n..].to_vec()
-                    };
-                    let (m, step) = s.handle(&proof);
-                    assert_eq!((m, step), (CLIENT_AUTH_LEN, ServerStep::Complete(hello())));
-                }
-                ClientStep::BadProof if !ok => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn garbage_and_other_versions_are_refused_with_or_without_a_reply() {
-        let mut s = ServerHandshake::new(None);
-        let (_, step) = s.handle(b"GET / HTTP/1.1\r\n");
-        assert!(matches!(step, ServerStep::Failed { ref reply, .. } if reply.is_empty()));
-        let mut s = ServerHandshake::new(None);
-        let mut b = hello().encode();
-        b[super::super::field::VERSION] = 9;
-        let (_, step) = s.handle(&b);
-        let ServerStep::Failed { reply, .. } = step else {
-            panic!("refused")
+        let (mut c, out) = ClientHandshake::start(&hello(), &k, [5; 32]);
+        let mut s = ServerHandshake::new(k.clone());
+        assert!(matches!(s.handle(&out[..10]), (0, ServerStep::Pending)));
+        let (n, step) = s.handle(&out);
+        assert_eq!(n, CLIENT_FIRST_LEN);
+        assert!(matches!(step, ServerStep::Hello(h) if h == hello()));
+        let answer = s.answer(Status::Ok, 1 << 20, 1 << 16);
+        assert!(matches!(c.handle(&answer[..63]), ClientStep::Pending));
+        let ClientStep::Accepted { send, mut keys, .. } = c.handle(&answer) else {
+            panic!("accepted")
         };
-        let (mut c, _) = ClientHandshake::start(&hello(), None);
-        assert_eq!(c.handle(&reply), ClientStep::Refused(Status::BadVersion));
-    }
+        assert!(matches!(s.handle(&send[..20]), (0, ServerStep::Pending)));
+        let (m, step) = s.handle(&send);
+        assert_eq!(m, send.len());
+        let ServerStep::Complete {
+            secret,
+            keys: mut skeys,
+            ..
+        } = step
+        else {
+            panic!("complete")
+        };
+        assert_eq!(secret, [5; 32]);
+        // The keys carry on where the confirmation left off.
+        let mut wire = Vec::new();
+        keys.send.seal(&[b"frame"], &mut wire).unwrap();
+        assert_eq!(skeys.recv.open(&mut wire, 64).unwrap().unwrap().0, b"frame");
 
-    #[test]
-    fn a_wrong_proof_gets_an_rst_naming_the_cause() {
-        let k = Key::from_bytes([7; 32]);
-        let mut s = ServerHandshake::new(Some(k));
-        s.handle(&hello().encode());
-        s.answer(Status::Ok, 1 << 20, 1 << 16, [3; 16]);
-        let (n, step) = s.handle(&[0u8; CLIENT_AUTH_LEN]);
-        assert_eq!(n, 0);
-        let ServerStep::Failed { reply, class, .. } = step else {
+        let (_, out) = ClientHandshake::start(&hello(), &Key::from_bytes([8; 32]), [5; 32]);
+        let mut s = ServerHandshake::new(k);
+        let (_, step) = s.handle(&out);
+        let ServerStep::Failed { class, reply, .. } = step else {
             panic!("refused")
         };
         assert_eq!(class, "failed authentication");
-        let (f, _) = crate::proto::frame::decode(&reply, 1024).unwrap().unwrap();
-        let (code, msg) = crate::proto::frame::parse_rst(f.payload);
-        assert_eq!(code, ResetReason::Auth);
-        assert!(msg.contains("authentication failed"), "{msg}");
+        assert!(reply.is_empty(), "nothing for a peer without the key");
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_told_apart_without_a_reply() {
+        let k = Key::from_bytes([7; 32]);
+        let (_, step) = ServerHandshake::new(k.clone()).handle(b"GET / HTTP/1.1\r\n");
+        assert!(
+            matches!(step, ServerStep::Failed { class: "sent bytes that are not a striper handshake", ref reply, .. } if reply.is_empty())
+        );
+        let mut v1 = [0u8; 64];
+        v1[..5].copy_from_slice(b"STRP\x01");
+        let (_, step) = ServerHandshake::new(k).handle(&v1);
+        assert!(matches!(
+            step,
+            ServerStep::Failed {
+                class: "speaks another protocol version",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_refusal_reaches_only_a_key_holder_and_a_forged_confirmation_fails() {
+        let k = Key::from_bytes([7; 32]);
+        let (mut c, out) = ClientHandshake::start(&hello(), &k, [5; 32]);
+        let mut s = ServerHandshake::new(k.clone());
+        s.handle(&out);
+        let answer = s.answer(Status::UnknownSession, 0, 0);
+        assert!(matches!(
+            c.handle(&answer),
+            ClientStep::Refused(Status::UnknownSession)
+        ));
+
+        let (_, out) = ClientHandshake::start(&hello(), &k, [5; 32]);
+        let mut s = ServerHandshake::new(k);
+        s.handle(&out);
+        s.answer(Status::Ok, 1 << 20, 1 << 16);
+        let mut forged = (48u32).to_be_bytes().to_vec();
+        forged.extend_from_slice(&[0u8; 48]);
+        let (_, step) = s.handle(&forged);
+        assert!(matches!(
+            step,
+            ServerStep::Failed {
+                class: "failed authentication",
+                ..
+            }
+        ));
     }
 }
