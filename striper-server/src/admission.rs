@@ -4,10 +4,12 @@
 //! what they are, so slots for connections in their handshake are limited:
 //! `--max-pending` in all and `--max-pending-per-source` from one address
 //! (one /64 for IPv6, where a host has a whole prefix). A source at its
-//! limit makes room by losing its own oldest silent handshake (nothing
-//! received, nothing even waiting in the socket), never someone else's; at
-//! the global limit the oldest handshake silent for [`SILENT_AFTER`] goes
-//! first, then any handshake older than [`EVICT_AFTER`]. An honest stripe
+//! limit makes room from its own stale handshakes (silent for
+//! [`SILENT_AFTER`]: nothing received, nothing even waiting in the socket;
+//! or in progress for [`EVICT_AFTER`]), never from someone else's; at the
+//! global limit the oldest handshake silent for [`SILENT_AFTER`] goes
+//! first, then any handshake older than [`EVICT_AFTER`], and when every
+//! slot is young the rest wait in the kernel's listen queue. An honest stripe
 //! sends its hello at once and finishes within a round trip, so a flood of
 //! silent connections from a few sources cannot keep others out.
 //!
@@ -116,7 +118,6 @@ impl Admission {
         let src = for_peer.map(|p| source(p.ip()));
         let age = |c: &Candidate| now.saturating_duration_since(c.accepted_at);
         let mut silent: Option<Candidate> = None;
-        let mut young_silent: Option<Candidate> = None;
         let mut old: Option<Candidate> = None;
         for c in candidates {
             if src.is_some_and(|s| s != source(c.peer.ip())) {
@@ -124,19 +125,11 @@ impl Admission {
             }
             if c.silent && age(&c) >= SILENT_AFTER {
                 silent = Some(silent.map_or(c, |s| oldest(s, c)));
-            } else if c.silent {
-                young_silent = Some(young_silent.map_or(c, |s| oldest(s, c)));
-            } else if src.is_none() && age(&c) >= EVICT_AFTER {
+            } else if age(&c) >= EVICT_AFTER {
                 old = Some(old.map_or(c, |o| oldest(o, c)));
             }
         }
-        match src {
-            // A source at its limit: its own silent connections make room,
-            // the young ones too (its next connection may be the honest
-            // one, and one that has sent nothing is never preferred to it).
-            Some(_) => silent.or(young_silent),
-            None => silent.or(old),
-        }
+        silent.or(old)
     }
 
     /// Logs a refusal or failure once per address and kind (repeats go to
@@ -204,6 +197,12 @@ mod tests {
             Some(3)
         );
         assert_eq!(a.victim(Some(p3), now, c.into_iter()).map(|c| c.slot), None);
+        assert_eq!(
+            a.victim(Some(p2), now, c[3..].iter().copied())
+                .map(|c| c.slot),
+            None,
+            "never a young one: it may be an honest stripe whose hello is on its way"
+        );
         // Globally: the oldest silent one first, before older talkers; never
         // a young one.
         assert_eq!(

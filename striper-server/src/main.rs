@@ -72,10 +72,10 @@ struct Opts {
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_pending: usize,
 
-    /// Most connections in their handshake at once from one address (one
-    /// /64 for IPv6). Beyond it the address's own oldest silent handshake
-    /// is closed to make room, or else the new connection. Default: a
-    /// quarter of --max-pending.
+    /// Connections in their handshake from one address (one /64 for IPv6)
+    /// beyond which a new one from it first reclaims the address's own
+    /// stale handshakes (silent for 0.1 s, or in progress for 1 s).
+    /// Default: a quarter of --max-pending.
     #[arg(long, value_name = "N")]
     max_pending_per_source: Option<usize>,
 
@@ -210,15 +210,13 @@ impl Service for Server {
     }
 
     fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
-        if !self.admission.source_has_room(peer) && !self.evict(Some(peer)) {
-            // Dropping the socket closes it.
-            self.admission.refuse(
-                peer,
-                "was closed: too many handshakes in progress from its address",
-                "--max-pending-per-source reached, none of them silent",
-                Instant::now(),
-            );
-            return;
+        // A source at its own limit makes room from its own stale
+        // handshakes first. Its young ones may be an honest burst (a
+        // stripe's hello often arrives just after the connection is
+        // accepted), so it is not refused for them: --max-pending bounds
+        // everyone together.
+        if !self.admission.source_has_room(peer) {
+            self.evict(Some(peer));
         }
         let tcp = TcpPipe::accepted(sock, format!("client {peer}"));
         let h = Handshake::new(tcp, self.cfg.key.clone(), peer, self.handshake_timeout);
