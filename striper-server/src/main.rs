@@ -73,10 +73,10 @@ struct Opts {
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_pending: usize,
 
-    /// Most connections in their handshake at once from one address (one
-    /// /64 for IPv6). Beyond it the address's own oldest silent handshake
-    /// is closed to make room, or else the new connection. Default: a
-    /// quarter of --max-pending.
+    /// Connections in their handshake from one address (one /64 for IPv6)
+    /// beyond which a new one from it first reclaims the address's own
+    /// stale handshakes (silent for 0.1 s, or in progress for 1 s).
+    /// Default: a quarter of --max-pending.
     #[arg(long, value_name = "N")]
     max_pending_per_source: Option<usize>,
 
