@@ -45,9 +45,15 @@ fn vectors() -> Vec<(&'static str, String)> {
     ckeys.send.seal(&[&frame], &mut record).unwrap();
     // The server opens both.
     let mut c = confirm.clone();
-    assert_eq!(skeys.recv.open(&mut c, 64).unwrap().unwrap().0, [0x33u8; 32]);
+    assert_eq!(
+        skeys.recv.open(&mut c, 64).unwrap().unwrap().0,
+        [0x33u8; 32]
+    );
     let mut r = record.clone();
-    assert_eq!(skeys.recv.open(&mut r, 1024).unwrap().unwrap().0, &frame[..]);
+    assert_eq!(
+        skeys.recv.open(&mut r, 1024).unwrap().unwrap().0,
+        &frame[..]
+    );
     vec![
         ("hello fields", hex(&hello.encode())),
         ("first flight", hex(&first)),

@@ -1,4 +1,5 @@
-//! The `frame` target: the frame codec on arbitrary byte streams.
+//! The `frame` target: the frame codec on arbitrary byte streams, and the
+//! sealed-record opener in front of it.
 
 use crate::proto::frame::{
     self, ABSOLUTE_MAX_PAYLOAD, FrameError, FrameType, HEADER_LEN, MAX_RST_PAYLOAD, decode,
@@ -30,6 +31,40 @@ pub fn frame(data: &[u8]) {
     for &cap in &FRAME_CAPS {
         decode_stream(&fixed, cap);
     }
+    sealed(data);
+}
+
+/// The record opener on `data` as it is (it never accepts a record nobody
+/// sealed: the fuzzer cannot forge a tag), and on `data` sealed for real
+/// and cut anywhere (a prefix waits, the whole record opens to `data`).
+fn sealed(data: &[u8]) {
+    use crate::proto::seal::{Opener, SealError, Sealer};
+    let key = [0x5eu8; 32];
+    for cap in [0, 64, 1 << 16] {
+        match Opener::new(&key).open(&mut data.to_vec(), cap) {
+            Ok(None)
+            | Err(SealError::TooLarge { .. } | SealError::TooShort { .. })
+            | Err(SealError::Authentication { record: 0 }) => {}
+            other => panic!("a fuzzed record was {other:?}"),
+        }
+    }
+    let mut wire = Vec::new();
+    Sealer::new(&key)
+        .seal(&[data], &mut wire)
+        .expect("record 0");
+    let cut = data.first().map_or(0, |&b| b as usize) % (wire.len() + 1);
+    if cut < wire.len() {
+        assert_eq!(
+            Opener::new(&key).open(&mut wire[..cut].to_vec(), data.len()),
+            Ok(None)
+        );
+    }
+    let total = wire.len();
+    let (plain, n) = Opener::new(&key)
+        .open(&mut wire, data.len())
+        .expect("opens")
+        .expect("whole");
+    assert_eq!((plain, n), (data, total));
 }
 
 /// Rewrites the CRC of each frame in `buf` (as far as its headers give
