@@ -4,6 +4,10 @@
 # One connection on loopback, no caps. For each way of carrying it:
 #   direct                    tcpblast -> sink
 #   striper, 1 and 4 stripes  tcpblast -> stripe-client => stripe-server -> sink
+#   striper4-plain            the same with an older, unencrypted build (protocol
+#                             v1) when PLAIN_BIN names its directory
+#   ssh -L                    one ssh connection forwarding a port (sshd on loopback)
+#   TLS chain                 socat -> socat OPENSSL (TLS 1.3) -> socat OPENSSL-LISTEN -> sink
 #   socat chain               tcpblast -> socat -b 131072 -> socat -b 131072 -> sink
 #   haproxy chain             two haproxy tcp relays (nbthread 1), without splice
 #   haproxy chain, splice     the same with splice forced both ways
@@ -18,17 +22,20 @@
 # missing, a process failing, bytes corrupted), never for a slow figure.
 #
 # Env: SIZE (2G), REPS (3), PINGS (2000), SYSTEMS (space-separated subset of:
-#      direct striper1 striper4 socat haproxy haproxy-splice agg-tunnel).
+#      direct striper1 striper4 striper4-plain ssh tls socat haproxy
+#      haproxy-splice agg-tunnel), PLAIN_BIN (directory holding an older
+#      stripe-client/stripe-server, for striper4-plain).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-2G}
 REPS=${REPS:-3}
 PINGS=${PINGS:-2000}
-SYSTEMS=${SYSTEMS:-direct striper1 striper4 socat haproxy haproxy-splice agg-tunnel}
+SYSTEMS=${SYSTEMS:-direct striper1 striper4 striper4-plain ssh tls socat haproxy haproxy-splice agg-tunnel}
+PLAIN_BIN=${PLAIN_BIN:-}
 
 die() { echo "bench-overhead: $*" >&2; exit 1; }
-for t in python3 socat haproxy; do command -v $t >/dev/null || die "missing $t (apt-get install -y $t)"; done
+for t in python3 socat haproxy ssh ssh-keygen openssl; do command -v $t >/dev/null || die "missing $t (apt-get install -y $t)"; done
 
 echo "== building (cargo build --release)" >&2
 cargo build --release --quiet -p striper-client -p striper-server -p striper-tests --bins
@@ -67,10 +74,21 @@ wait_port() {
     die "nothing listening on port $1"
 }
 
-# CPU ticks (user + system) of the given pids, children that were waited for included.
+# The given pids and all their live descendants (sshd serves a connection
+# in a child; a child's ticks move into its parent's once it is reaped).
+with_descendants() {
+    local pid
+    for pid in "$@"; do
+        echo "$pid"
+        with_descendants $(cat /proc/"$pid"/task/*/children 2>/dev/null)
+    done
+}
+
+# CPU ticks (user + system) of the given pids and their live descendants,
+# children that were waited for included.
 ticks() {
     local sum=0 pid f
-    for pid in "$@"; do
+    for pid in $(with_descendants "$@"); do
         [ -r "/proc/$pid/stat" ] || continue
         f=$(sed 's/.*) //' "/proc/$pid/stat")
         set -- $f
@@ -108,6 +126,43 @@ start_system() {
             2>"$WORK/$tag-client.log" &
         RELAY_PIDS+=($!)
         ENTRY=$(addr_from "$WORK/$tag-client.log")
+        ;;
+    striper4-plain)
+        "$PLAIN_BIN/stripe-server" --listen 127.0.0.1:0 --target "127.0.0.1:$target" --key-file "$WORK/key" \
+            2>"$WORK/$tag-server.log" &
+        RELAY_PIDS+=($!)
+        local psrv
+        psrv=$(addr_from "$WORK/$tag-server.log")
+        "$PLAIN_BIN/stripe-client" --listen 127.0.0.1:0 --server "$psrv" --stripes 4 --key-file "$WORK/key" \
+            2>"$WORK/$tag-client.log" &
+        RELAY_PIDS+=($!)
+        ENTRY=$(addr_from "$WORK/$tag-client.log")
+        ;;
+    ssh)
+        p1=$(free_port); p2=$(free_port)
+        printf '%s\n' "Port $p2" "ListenAddress 127.0.0.1" "HostKey $WORK/ssh_host" \
+            "AuthorizedKeysFile $WORK/ssh_user.pub" "PidFile none" "StrictModes no" "UsePAM no" \
+            "PermitRootLogin yes" "AllowTcpForwarding yes" >"$WORK/sshd_config"
+        "$(command -v sshd || echo /usr/sbin/sshd)" -D -e -f "$WORK/sshd_config" 2>"$WORK/$tag-sshd.log" &
+        RELAY_PIDS+=($!)
+        wait_port "$p2"
+        ssh -N -i "$WORK/ssh_user" -p "$p2" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+            -o BatchMode=yes -o LogLevel=ERROR -L "127.0.0.1:$p1:127.0.0.1:$target" "$(id -un)@127.0.0.1" &
+        RELAY_PIDS+=($!)
+        wait_port "$p1"
+        ENTRY=127.0.0.1:$p1
+        ;;
+    tls)
+        p1=$(free_port); p2=$(free_port)
+        socat -b 131072 "OPENSSL-LISTEN:$p2,bind=127.0.0.1,reuseaddr,fork,cert=$WORK/tls.pem,verify=0" \
+            "TCP:127.0.0.1:$target" &
+        RELAY_PIDS+=($!)
+        socat -b 131072 "TCP-LISTEN:$p1,bind=127.0.0.1,reuseaddr,fork" \
+            "OPENSSL:127.0.0.1:$p2,verify=0" &
+        RELAY_PIDS+=($!)
+        wait_port "$p1"
+        wait_port "$p2"
+        ENTRY=127.0.0.1:$p1
         ;;
     socat)
         # With fork the listeners outlive the connection, and the CPU of a
@@ -212,9 +267,20 @@ bulk_run() {
     BULK_TICKS=$((after - before))
 }
 
+# Keys for the encrypting anchors.
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh_host"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh_user"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" \
+    -days 1 -subj /CN=bench 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/tls.pem"
+
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 for sys in $SYSTEMS; do
+    if [ "$sys" = striper4-plain ] && [ ! -x "$PLAIN_BIN/stripe-server" ]; then
+        echo "== striper4-plain: PLAIN_BIN does not name a directory with an older build, skipped" >&2
+        continue
+    fi
     if [ "$sys" = agg-tunnel ] && ! command -v agg-tunnel >/dev/null; then
         echo "== agg-tunnel: not on the PATH, skipped (cargo install aggligator-util@0.18.12 --locked)" >&2
         continue
@@ -242,6 +308,8 @@ mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 nbytes = int(size[:-1]) * mult[size[-1]] if size[-1] in mult else int(size)
 names = {
     "direct": "direct (no relay)", "striper1": "striper, 1 stripe", "striper4": "striper, 4 stripes",
+    "striper4-plain": "striper v1 (unencrypted), 4 stripes", "ssh": "ssh -L (one ssh connection)",
+    "tls": "TLS chain (socat OPENSSL, 2 relays)",
     "socat": "socat chain (2 relays, -b 131072)", "haproxy": "haproxy chain (2 relays, no splice)",
     "haproxy-splice": "haproxy chain (2 relays, forced splice)", "agg-tunnel": "agg-tunnel (aggligator 0.18.12)",
 }
