@@ -1,23 +1,26 @@
-//! Hostile input against the real stripe-server on loopback.
+//! Hostile input against the real stripe-server on loopback (protocol
+//! v2: a clear preamble and a Noise NNpsk0 first flight, then sealed
+//! records).
 //!
 //! * A storm of hostile connections while a genuine session moves 64 MiB
 //!   each way (echoed): 1,000 connections of garbage (random bytes; the
-//!   magic "STRP" followed by garbage; a valid-looking hello cut short and
-//!   half-closed; a whole hello for a new session with a garbage proof),
-//!   200 connections that open and send nothing and 30 that send a hello
-//!   cut short and then stall. The genuine session's bytes arrive intact;
-//!   a second session opened in the middle of the storm works; the server
-//!   closes every garbage connection promptly and every stalled one at its
-//!   handshake timeout (2 s here); none of them reaches the target; the
-//!   server's resident memory stays bounded; it logs no panic; and a new
-//!   session after the storm works.
-//! * A malformed frame after a valid handshake ends that session, with
-//!   the violation named in the server's log and in the RST frame the
-//!   client gets, and does not disturb a concurrent genuine session. The
-//!   forged client is written by hand from the protocol (both ends run
-//!   with `--insecure-no-auth`, so its proof is 32 zero bytes).
-//! * (Ignored, a known issue.) With default settings, one burst of 256
-//!   idle connections (--max-pending) must not lock honest clients out.
+//!   v2 preamble followed by garbage, which fails authentication; "STRP"
+//!   with another protocol version; a genuine-looking first flight cut
+//!   short and half-closed; a whole first flight made with another key,
+//!   with bytes behind it), 200 connections that open and send nothing and
+//!   30 that send a first flight cut short and then stall. The genuine
+//!   session's bytes arrive intact; a second session opened in the middle
+//!   of the storm works; the server closes every garbage connection
+//!   promptly, without a byte of answer (nobody without the key gets one),
+//!   and every stalled one at its handshake timeout (2 s here); it names
+//!   each kind in its log; none of them reaches the target; the server's
+//!   resident memory stays bounded; it logs no panic; and a new session
+//!   after the storm works.
+//! * With default settings, one burst of 256 idle connections
+//!   (--max-pending) must not lock honest clients out.
+//!
+//! What a peer past its handshake may do wrong (malformed frames, tampered
+//! records) is in `malformed.rs`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -26,16 +29,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pipes::proto::frame::ResetReason;
-use pipes::proto::frame::{self, FrameType};
-use pipes::proto::handshake::{
-    CLIENT_AUTH_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId, Status, short_id,
-};
+use pipes::proto::auth::Key;
+use pipes::proto::handshake::{ClientHandshake, ClientHello, Kind};
+use pipes::proto::noise::{CLIENT_FIRST_LEN, PREAMBLE};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use striper_tests::harness::rawv2;
 use striper_tests::harness::{
-    self, HeldSession, KeyFile, Pattern, Proc, Target, echo, read_to_close, start_client,
-    start_server, vm_rss_kib,
+    self, HeldSession, KeyFile, Pattern, Proc, Target, echo, read_to_close, vm_rss_kib,
 };
 
 const MIB: u64 = 1 << 20;
@@ -44,28 +45,15 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 /// Bound on a genuine session's whole transfer.
 const TRANSFER: Duration = Duration::from_secs(90);
 
-/// The RST frame among the frames in `bytes`, as (code, message).
-fn find_rst(mut bytes: &[u8]) -> Option<(ResetReason, String)> {
-    while let Ok(Some((f, n))) = frame::decode(bytes, 1 << 20) {
-        if f.header.ty == FrameType::Rst {
-            return Some(frame::parse_rst(f.payload));
-        }
-        bytes = &bytes[n..];
-    }
-    None
-}
-
 /// A hello for a new session (OPEN, one stripe) with a random id.
 fn new_hello(rng: &mut StdRng) -> ClientHello {
-    ClientHello {
-        kind: Kind::Open,
-        index: 0,
-        count: 1,
-        session: rng.random(),
-        nonce: rng.random(),
-        window: 1 << 20,
-        max_payload: 64 * 1024,
-    }
+    rawv2::hello(Kind::Open, 0, 1, rng.random())
+}
+
+/// A first flight (preamble and Noise message 1) for a new session,
+/// made with `key`.
+fn first_flight(key: &Key, rng: &mut StdRng) -> Vec<u8> {
+    ClientHandshake::start(&new_hello(rng), key, rng.random()).1
 }
 
 /// Resident memory of a process, sampled in the background.
@@ -121,14 +109,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// for a loaded machine (two cores shared with a fuzzer and a benchmark).
 const TIMEOUT_SLACK: Duration = Duration::from_millis(1500);
 /// How soon a garbage connection must be closed once its bytes are sent:
-/// the server judges them as they arrive (bad magic after 4 bytes, a bad
-/// hello at 64, a bad proof at 96, EOF at once); well under the handshake
-/// timeout, so a garbage connection cannot be one the timeout closed.
+/// the server judges them as they arrive (a bad preamble at its first
+/// wrong byte, a first flight that does not decrypt at its 96th byte, EOF
+/// at once); well under the handshake timeout, so a garbage connection
+/// cannot be one the timeout closed.
 const GARBAGE_PROMPT: Duration = Duration::from_millis(1000);
 
 const GARBAGE: usize = 1000;
 const SILENT: usize = 200;
-/// Connections that send a valid-looking hello cut short, then stall.
+/// Connections that send a genuine-looking first flight cut short, then
+/// stall.
 const STALLED: usize = 30;
 /// Threads sending the garbage connections one after another, pausing
 /// between connections so the garbage spreads over ~1.5 s.
@@ -175,10 +165,11 @@ struct Seen {
 }
 
 /// Bytes for garbage connection `i`, its kind, and whether to half-close
-/// after sending.
-fn garbage(i: usize, rng: &mut StdRng) -> (&'static str, Vec<u8>, bool) {
+/// after sending. `key` is the server's (for a genuine-looking first
+/// flight).
+fn garbage(i: usize, key: &Key, rng: &mut StdRng) -> (&'static str, Vec<u8>, bool) {
     match i % 10 {
-        // Random bytes (never starting with "S", so never our magic).
+        // Random bytes (never starting with "S", so never our preamble).
         0..=3 => {
             let mut b = vec![0u8; rng.random_range(1..=2048)];
             rng.fill(&mut b[..]);
@@ -187,39 +178,45 @@ fn garbage(i: usize, rng: &mut StdRng) -> (&'static str, Vec<u8>, bool) {
             }
             ("random bytes", b, false)
         }
-        // Our magic, then garbage: a whole, invalid hello and more.
-        4..=6 => {
+        // Our preamble, then garbage where the Noise message should be: at
+        // least a whole first flight's worth, which does not decrypt.
+        4 | 5 => {
+            let mut b = vec![0u8; rng.random_range(CLIENT_FIRST_LEN..=2048)];
+            rng.fill(&mut b[..]);
+            b[..PREAMBLE.len()].copy_from_slice(&PREAMBLE);
+            ("STRP + garbage", b, false)
+        }
+        // "STRP" and another protocol version (v1, or garbage), then more.
+        6 => {
             let mut b = vec![0u8; rng.random_range(64..=2048)];
             rng.fill(&mut b[..]);
             b[..4].copy_from_slice(b"STRP");
-            ("STRP + garbage", b, false)
+            if b[4] == PREAMBLE[4] {
+                b[4] = 1;
+            }
+            ("another protocol version", b, false)
         }
-        // A valid hello cut short, then EOF.
+        // A first flight with the server's key, cut short, then EOF.
         7 | 8 => {
-            let h = new_hello(rng).encode();
-            let cut = rng.random_range(4..h.len());
-            ("truncated hello + EOF", h[..cut].to_vec(), true)
+            let f = first_flight(key, rng);
+            let cut = rng.random_range(1..f.len());
+            ("truncated first flight + EOF", f[..cut].to_vec(), true)
         }
-        // A whole valid hello for a new session, a garbage proof, frames.
+        // A whole first flight made with another key, and what would be
+        // records behind it.
         _ => {
-            let mut b = new_hello(rng).encode().to_vec();
-            let mut proof = [0u8; CLIENT_AUTH_LEN];
-            rng.fill(&mut proof[..]);
-            b.extend_from_slice(&proof);
-            b.extend(frame::encode_vec(
-                FrameType::Data,
-                0,
-                0,
-                b"GET / HTTP/1.0\r\n\r\n",
-            ));
-            ("hello + garbage proof", b, false)
+            let mut b = first_flight(&Key::from_bytes(rng.random()), rng);
+            let mut behind = vec![0u8; rng.random_range(1..=1024)];
+            rng.fill(&mut behind[..]);
+            b.extend_from_slice(&behind);
+            ("first flight with another key", b, false)
         }
     }
 }
 
 /// One garbage connection: send, then wait for the server to close it.
-fn garbage_conn(server: SocketAddr, i: usize, rng: &mut StdRng) -> Seen {
-    let (kind, bytes, half_close) = garbage(i, rng);
+fn garbage_conn(server: SocketAddr, i: usize, key: &Key, rng: &mut StdRng) -> Seen {
+    let (kind, bytes, half_close) = garbage(i, key, rng);
     let mut s = harness::connect(server);
     let wrote = s.write_all(&bytes);
     if half_close {
@@ -245,7 +242,7 @@ fn stalled_conn(server: SocketAddr, kind: &'static str, bytes: Vec<u8>) -> harne
     let mut s = harness::connect(server);
     let opened = Instant::now();
     if !bytes.is_empty() {
-        s.write_all(&bytes).expect("send a partial hello");
+        s.write_all(&bytes).expect("send a partial first flight");
     }
     harness::background("stalled", move || {
         let (answer, ended) = read_to_close(&mut s, HANDSHAKE_TIMEOUT * 3 + TIMEOUT_SLACK);
@@ -283,6 +280,7 @@ fn hostile_storm_during_a_real_session() {
         "info",
     );
     let mut client = harness::start_client(&key, server.addr(), 4, WINDOW_ARGS, "info");
+    let server_key = rawv2::key_of(&key);
     let at_rest = server.memory_kib();
     let rss = RssSampler::start(server.pid(), Duration::from_millis(20));
 
@@ -301,11 +299,11 @@ fn hostile_storm_during_a_real_session() {
     let storm_start = Instant::now();
     let echoed_at_start = session.echoed();
 
-    // 200 silent connections and 30 stalled hellos, all at once: with the
-    // garbage workers' 8 and the mid-storm session's 4 stripes that is at
-    // most 242 connections in their handshake, under --max-pending (256),
-    // so the server accepts every one at once and each gets exactly the
-    // handshake timeout. (Beyond 256 the server leaves connections in the
+    // 200 silent connections and 30 stalled first flights, all at once:
+    // with the garbage workers' 8 and the mid-storm session's 4 stripes
+    // that is at most 242 connections in their handshake, under
+    // --max-pending (256), so the server accepts every one at once and
+    // each gets exactly the handshake timeout. (Beyond 256 the server leaves connections in the
     // listen queue, by design: their timeout would only start at accept.)
     let mut rng = StdRng::seed_from_u64(0xbad_5eed);
     let mut stalled = Vec::new();
@@ -313,12 +311,12 @@ fn hostile_storm_during_a_real_session() {
         stalled.push(stalled_conn(server.addr(), "silent", Vec::new()));
     }
     for _ in 0..STALLED {
-        let h = new_hello(&mut rng).encode();
-        let cut = rng.random_range(4..h.len());
+        let f = first_flight(&server_key, &mut rng);
+        let cut = rng.random_range(1..f.len());
         stalled.push(stalled_conn(
             server.addr(),
-            "truncated hello, stalled",
-            h[..cut].to_vec(),
+            "truncated first flight, stalled",
+            f[..cut].to_vec(),
         ));
     }
 
@@ -328,6 +326,7 @@ fn hostile_storm_during_a_real_session() {
     let workers: Vec<_> = (0..GARBAGE_WORKERS)
         .map(|w| {
             let (seen, next, addr) = (seen.clone(), next.clone(), server.addr());
+            let key = server_key.clone();
             harness::background("garbage", move || {
                 let mut rng = StdRng::seed_from_u64(w as u64);
                 loop {
@@ -335,7 +334,7 @@ fn hostile_storm_during_a_real_session() {
                     if i >= GARBAGE {
                         return;
                     }
-                    let s = garbage_conn(addr, i, &mut rng);
+                    let s = garbage_conn(addr, i, &key, &mut rng);
                     seen.lock().unwrap().push(s);
                     // Spread over the stalled connections' 2 s.
                     thread::sleep(GARBAGE_PAUSE);
@@ -387,24 +386,13 @@ fn hostile_storm_during_a_real_session() {
             s.kind,
             s.took
         );
-        match s.kind {
-            "random bytes" => assert!(
-                s.answer.is_empty(),
-                "not a striper client: closed without an answer, got {:?}",
-                s.answer
-            ),
-            "STRP + garbage" | "truncated hello + EOF" => {
-                if let Ok(Some(h)) = ServerHello::parse(&s.answer) {
-                    assert_ne!(h.status, Status::Ok, "{}: accepted", s.kind);
-                }
-            }
-            _ => {
-                if let Some((code, msg)) = find_rst(s.answer.get(SERVER_HELLO_LEN..).unwrap_or(&[]))
-                {
-                    assert_eq!(code, ResetReason::Auth, "{}: RST {msg}", s.kind);
-                }
-            }
-        }
+        // None of them proved the key: none gets a byte of answer.
+        assert!(
+            s.answer.is_empty(),
+            "{}: the server answered {} bytes to a peer without the key",
+            s.kind,
+            s.answer.len()
+        );
         match by_kind.iter_mut().find(|k| k.0 == s.kind) {
             Some(k) => {
                 k.1 += 1;
@@ -451,7 +439,7 @@ fn hostile_storm_during_a_real_session() {
     let log = server.log_text();
     for class in [
         "sent bytes that are not a striper handshake",
-        "sent an invalid handshake",
+        "speaks another protocol version",
         "closed the connection during the handshake",
         "failed authentication",
         "did not complete its handshake in time",
@@ -491,7 +479,7 @@ fn hostile_storm_during_a_real_session() {
         eprintln!("  {n} x {kind}: closed within {worst:?}");
     }
     eprintln!(
-        "  {} stalled (silent or cut-short hello): closed after {min:?} .. {max:?}",
+        "  {} stalled (silent or cut-short first flight): closed after {min:?} .. {max:?}",
         stalled.len()
     );
     eprintln!(
@@ -539,239 +527,4 @@ fn idle_flood_at_max_pending_does_not_lock_out_clients() {
     }
     eprintln!("honest session echoed after {took:?} behind {PENDING} idle connections");
     server.assert_healthy();
-}
-
-// ---------------------------------------------------------------------------
-// Malformed frames after a valid handshake
-
-/// A hand-made client stripe: the only stripe of a new session, past its
-/// handshake with a server running without a key.
-struct RawStripe {
-    s: TcpStream,
-    id: SessionId,
-}
-
-impl RawStripe {
-    fn open(server: SocketAddr, rng: &mut StdRng) -> RawStripe {
-        let hello = new_hello(rng);
-        let mut s = harness::connect(server);
-        let mut first = hello.encode().to_vec();
-        first.extend_from_slice(&[0u8; CLIENT_AUTH_LEN]);
-        s.write_all(&first).expect("send hello");
-        let mut answer = [0u8; SERVER_HELLO_LEN];
-        s.read_exact(&mut answer).expect("read the server's hello");
-        let h = ServerHello::parse(&answer).unwrap().unwrap();
-        assert_eq!(h.status, Status::Ok, "the server accepted the hello");
-        RawStripe {
-            s,
-            id: hello.session,
-        }
-    }
-}
-
-/// A frame header with its fields as given (CRC computed over them and the
-/// payload unless `bad_crc`), followed by `payload`.
-fn raw_frame(
-    ty: u8,
-    reserved: u16,
-    len: u32,
-    value: u64,
-    payload: &[u8],
-    bad_crc: bool,
-) -> Vec<u8> {
-    let mut h = vec![0u8; frame::HEADER_LEN];
-    h[0] = ty;
-    h[2..4].copy_from_slice(&reserved.to_be_bytes());
-    h[4..8].copy_from_slice(&len.to_be_bytes());
-    h[8..16].copy_from_slice(&value.to_be_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[..16]);
-    crc.update(payload);
-    let crc = crc.finalize() ^ u32::from(bad_crc);
-    h[16..20].copy_from_slice(&crc.to_be_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-fn data(offset: u64, len: usize) -> Vec<u8> {
-    frame::encode_vec(FrameType::Data, 0, offset, &vec![b'x'; len])
-}
-
-/// The server's receive window in this test (`--window`): data towards
-/// the server may reach up to this far past what it delivered.
-const WINDOW: u64 = MIB;
-
-/// A protocol violation: what the forged client sends after its handshake
-/// and what the server's log and its RST must say.
-struct Case {
-    what: &'static str,
-    bytes: Vec<u8>,
-    expect: &'static [&'static str],
-}
-
-fn cases() -> Vec<Case> {
-    let fin = |v| frame::encode_vec(FrameType::Fin, 0, v, &[]);
-    vec![
-        Case {
-            what: "bad CRC",
-            bytes: [
-                data(0, 1000),
-                raw_frame(1, 0, 1000, 1000, &[b'y'; 1000], true),
-            ]
-            .concat(),
-            // The bad frame began after the first frame's 1,020 bytes.
-            expect: &["stripe 0 CRC mismatch", "at offset 1020"],
-        },
-        Case {
-            what: "DATA beyond the window",
-            bytes: data(WINDOW, 100),
-            expect: &["stripe 0", "beyond the receive window"],
-        },
-        Case {
-            what: "FIN below data already seen",
-            bytes: [data(0, 1000), fin(500)].concat(),
-            expect: &["stripe 0", "FIN at offset 500 contradicts"],
-        },
-        Case {
-            what: "second FIN moving the end",
-            bytes: [data(0, 1000), fin(1000), fin(2000)].concat(),
-            expect: &["stripe 0", "FIN at offset 2000 contradicts"],
-        },
-        Case {
-            what: "DATA beyond the FIN",
-            bytes: [fin(100), data(0, 200)].concat(),
-            expect: &["stripe 0", "beyond the announced end of stream 100"],
-        },
-        Case {
-            what: "unknown frame type",
-            bytes: raw_frame(9, 0, 0, 0, &[], false),
-            expect: &["stripe 0", "unknown frame type 9"],
-        },
-        Case {
-            what: "reserved bits",
-            bytes: raw_frame(5, 0x0100, 0, 0, &[], false),
-            expect: &["stripe 0", "reserved header bits"],
-        },
-        Case {
-            // Only the header is sent: the length is judged before the payload.
-            what: "length over the cap",
-            bytes: raw_frame(1, 0, 4 << 20, 0, &[], false)[..frame::HEADER_LEN].to_vec(),
-            expect: &["stripe 0", "exceeds the"],
-        },
-        Case {
-            what: "ACK beyond what was sent",
-            bytes: frame::encode_vec(FrameType::Ack, 0, 5000, &[]),
-            expect: &["stripe 0", "ACK of offset 5000"],
-        },
-    ]
-}
-
-#[test]
-fn malformed_frames_end_only_their_session() {
-    let started = Instant::now();
-    let target = Target::start(echo);
-    let insecure = ["--insecure-no-auth".to_string()];
-    let window = ["--window", "1M"];
-    let mut server = start_server(&insecure[..], target.addr(), &window, "info");
-    let mut client = start_client(&insecure[..], server.addr(), 3, &window, "info");
-
-    // A genuine session, moving data (paced) while the forged ones fail.
-    let session = HeldSession::start(
-        client_conn(&client),
-        Pattern::new(71),
-        24 * MIB,
-        20 * MIB,
-        Some(8 * MIB),
-    );
-    assert!(
-        session.wait_echoed(MIB, TRANSFER),
-        "the genuine session did not start"
-    );
-
-    let mut rng = StdRng::seed_from_u64(7);
-    for (n, case) in cases().into_iter().enumerate() {
-        let mut raw = RawStripe::open(server.addr(), &mut rng);
-        let short = short_id(&raw.id);
-        raw.s.write_all(&case.bytes).expect("send the frames");
-        let t = Instant::now();
-        let (answer, ended) = read_to_close(&mut raw.s, Duration::from_secs(5));
-        let took = t.elapsed();
-        assert_ne!(
-            ended,
-            Err(io::ErrorKind::TimedOut),
-            "{}: the server did not close the stripe",
-            case.what
-        );
-        assert!(
-            took < Duration::from_secs(3),
-            "{}: closed after {took:?}",
-            case.what
-        );
-        // The server connected to the target when the forged session
-        // opened (it came through the handshake); that connection is torn
-        // down with the session, at once.
-        assert!(
-            target.wait_accepted(n + 2, Duration::from_secs(3)),
-            "{}: target connections: {}",
-            case.what,
-            target.accepted()
-        );
-        let torn = target.wait_live(Duration::from_secs(3), |n| n == 1);
-        let target_took = t.elapsed();
-        assert!(
-            torn,
-            "{}: the forged session's target connection was still open after {target_took:?}",
-            case.what
-        );
-        // The server closes the session once its stripe is closed (it
-        // lingers for the peer's EOF so that its RST is not lost).
-        drop(raw);
-        let line = server.wait_log(&format!("session {short} closed after "), LOG_WAIT);
-        for e in case.expect {
-            assert!(
-                line.contains(e),
-                "{}: the server's log names {e:?}: {line}",
-                case.what
-            );
-        }
-        // What the forged client was told, if the RST was still readable.
-        let rst = find_rst(&answer);
-        if let Some((code, msg)) = &rst {
-            assert_eq!(
-                *code,
-                ResetReason::Protocol,
-                "{}: RST code ({msg})",
-                case.what
-            );
-            for e in case.expect {
-                assert!(msg.contains(e), "{}: the RST names {e:?}: {msg}", case.what);
-            }
-        }
-        eprintln!(
-            "{}: stripe closed after {took:?} ({ended:?}), target connection after {target_took:?}; RST {:?}",
-            case.what,
-            rst.map(|r| r.1)
-        );
-        eprintln!("  server: {line}");
-    }
-    let echoed_during = session.echoed();
-    session.finish("genuine session", TRANSFER);
-    let line = server
-        .find_log(LOG_WAIT, |l| {
-            l.contains(" closed after ") && l.contains("3 stripes,")
-        })
-        .unwrap_or_else(|| server.fail("no close line for the genuine session"));
-    assert!(
-        line.contains("both sides closed") && !line.contains("lost"),
-        "the genuine session closed normally: {line}"
-    );
-    let cline = client.wait_log(" closed after ", LOG_WAIT);
-    assert!(cline.contains("both sides closed"), "{cline}");
-    server.assert_healthy();
-    client.assert_healthy();
-    eprintln!(
-        "genuine session: {:.1} MiB echoed while the forged sessions failed; {line}",
-        echoed_during as f64 / MIB as f64
-    );
-    eprintln!("whole test {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -1,33 +1,39 @@
-//! Who may use the tunnel, through the real binaries on loopback. The
-//! server holds a pre-shared key and every stripe must prove it knows the
-//! key (HMAC-SHA256 over both hellos, fresh nonces on both sides) before it
-//! reaches a session, and through it the target:
+//! Who may use the tunnel, through the real binaries on loopback
+//! (protocol v2). The server holds a pre-shared key and every stripe
+//! proves it from its first flight on: the preamble ("STRP" 02 00 00 00,
+//! in clear) and a Noise NNpsk0 message that mixes the key in before
+//! anything else and carries the hello's fields (session id included)
+//! encrypted; the server's 64-byte answer is sealed the same way, and the
+//! client's first sealed record (its confirmation, holding the session's
+//! secret) proves it derived the stripe's fresh transport keys. A peer
+//! without the key can neither produce nor read any of it:
 //!
-//! * a client with another key is refused: its application connection is
-//!   closed at once, its log says the server did not prove our key, the
-//!   server logs the failed handshake, and the target never sees a
-//!   connection;
-//! * a client without a key (`--insecure-no-auth`) is refused the same
-//!   way: the server logs "failed authentication" and the client logs the
-//!   reason the server sent it;
+//! * a client with another key is refused: the server cannot decrypt its
+//!   first flight, logs "failed authentication" and closes the stripe
+//!   without a byte of answer; the client says the server closed the
+//!   stripe during the handshake (what a server with another key does),
+//!   its application connection is closed at once, and the target never
+//!   sees a connection;
+//! * a client without a key (`--insecure-no-auth`, the all-zero key) is
+//!   refused the same way;
 //! * authentication is mutual: a keyed client facing an impostor server
-//!   (one that accepts any hello with a made-up proof) gives up at the
-//!   server's proof, and the impostor gets nothing but the hellos;
-//! * a replayed handshake is refused: the bytes a genuine client sent on a
-//!   stripe (ClientHello, ClientAuth, frames), captured on the path and
-//!   replayed verbatim on a new connection, fail authentication because
-//!   the server's nonce is fresh; nothing reaches the target and the
-//!   genuine session carries on intact; after the session ends, the same
-//!   replay is refused as a finished session, and a restarted server (which
-//!   has forgotten the session) refuses it for its proof;
-//! * a stripe naming a live session's id (captured on the path) without
-//!   the key cannot join it, as OPEN or JOIN, on a live stripe's index or
-//!   not, with frames behind its garbage proof: each is refused, and the
-//!   genuine session's bytes and stripes are untouched;
-//! * neither binary starts without a key or `--insecure-no-auth`, and the
-//!   message names both options; `genkey` writes a 0600 file and never
-//!   overwrites one; a key file others may read is refused, naming chmod;
-//!   so are a file that is not a key, and a key with `--insecure-no-auth`.
+//!   (one that answers 64 random bytes, or a well-formed Noise answer made
+//!   with another key) finds the answer does not decrypt and gives up, and
+//!   the impostor gets nothing but the 96-byte first flight;
+//! * a replayed handshake is refused: the bytes a genuine client sent on
+//!   a stripe (first flight, confirmation, frames), captured on the path
+//!   and replayed verbatim on a new connection, get an answer to the
+//!   first flight (with a fresh ephemeral key), but the captured
+//!   confirmation does not open under the fresh transport keys: "failed
+//!   authentication", nothing reaches the target, and the genuine session
+//!   carries on intact; after the session ends, the same replay is refused
+//!   as a finished session, and a restarted server (which has forgotten
+//!   the session) refuses its confirmation. The session's id never
+//!   appears in clear on the path.
+//!
+//! Who may join a live session (another key holder without the session's
+//! secret may not) is in `join.rs`; the key files and the command line in
+//! `keys.rs`.
 //!
 //! The server logs each refusal class once per address (a flood stays one
 //! warning), so each forged connection here comes from its own loopback
@@ -35,23 +41,25 @@
 //! address and port.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pipes::proto::frame::ResetReason;
-use pipes::proto::frame::{self, FrameType};
+use pipes::proto::auth::Key;
+use pipes::proto::frame;
 use pipes::proto::handshake::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, ClientHello, Kind, SERVER_HELLO_LEN, ServerHello, SessionId,
-    Status, short_id,
+    ClientHandshake, Kind, SECRET_LEN, ServerHandshake, ServerStep, Status,
 };
+use pipes::proto::noise::{CLIENT_FIRST_LEN, PREAMBLE, SERVER_ANSWER_LEN};
+use pipes::proto::seal;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use striper_tests::harness::rawv2::{self, connect_from, loopback, read_up_to};
 use striper_tests::harness::{
-    self, AppClosed, HeldSession, IO_TIMEOUT, KeyFile, Pattern, Proc, Target, TempDir,
-    assert_closed_promptly, echo, read_to_close,
+    self, AppClosed, HeldSession, KeyFile, Pattern, Proc, Target, assert_closed_promptly, echo,
+    read_to_close,
 };
 
 const MIB: u64 = 1 << 20;
@@ -67,89 +75,6 @@ const TRANSFER: Duration = Duration::from_secs(60);
 /// How long to watch for something that must not happen (a target
 /// connection, a log line) after the forged connection was closed.
 const SETTLE: Duration = Duration::from_millis(500);
-
-/// The `n`th extra loopback address, 127.0.0.(n+1), n >= 1.
-fn loopback(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, n + 1)
-}
-
-/// A connection to `to` from `src` (any port), with timeouts.
-fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    sock.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    sock.connect_timeout(&to.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {src} -> {to}: {e}"));
-    harness::with_timeouts(sock.into())
-}
-
-/// The frames in `bytes` (after a ServerHello), as (type, value, payload).
-fn frames(mut bytes: &[u8]) -> Vec<(FrameType, u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    while let Ok(Some((f, n))) = frame::decode(bytes, 1 << 20) {
-        out.push((f.header.ty, f.header.value, f.payload.to_vec()));
-        bytes = &bytes[n..];
-    }
-    out
-}
-
-/// What the server answered a forged stripe before closing it: its
-/// ServerHello and the RST frame it sent after refusing the proof, if
-/// the reset left them readable.
-struct Answer {
-    hello: Option<ServerHello>,
-    rst: Option<(ResetReason, String)>,
-    ended: Result<(), io::ErrorKind>,
-    took: Duration,
-}
-
-/// Sends `bytes` to the server at `to` on a new connection from the `n`th
-/// extra loopback address and reads its answer. Returns the connection's
-/// own address (which the server's warning names) and the answer.
-fn send_forged(what: &str, n: u8, to: SocketAddr, bytes: &[u8]) -> (SocketAddr, Answer) {
-    let mut conn = connect_from(loopback(n), to);
-    let peer = conn.local_addr().unwrap();
-    conn.write_all(bytes)
-        .unwrap_or_else(|e| panic!("{what}: send: {e}"));
-    (peer, read_answer(&mut conn))
-}
-
-fn read_answer(s: &mut TcpStream) -> Answer {
-    let started = Instant::now();
-    let (bytes, ended) = read_to_close(s, PROMPT + Duration::from_secs(5));
-    let took = started.elapsed();
-    let hello = ServerHello::parse(&bytes).ok().flatten();
-    let rst = bytes.get(SERVER_HELLO_LEN..).and_then(|rest| {
-        frames(rest)
-            .into_iter()
-            .find(|(ty, ..)| *ty == FrameType::Rst)
-            .map(|(_, _, p)| frame::parse_rst(&p))
-    });
-    Answer {
-        hello,
-        rst,
-        ended,
-        took,
-    }
-}
-
-/// Fails unless the server closed the forged connection promptly (EOF or
-/// a reset, not our timeout) and whatever RST it managed to deliver says
-/// authentication failed.
-#[track_caller]
-fn assert_refused_auth(what: &str, a: &Answer) {
-    assert_ne!(
-        a.ended,
-        Err(io::ErrorKind::TimedOut),
-        "{what}: the server kept the connection open"
-    );
-    assert!(a.took < PROMPT, "{what}: closed after {:?}", a.took);
-    if let Some((code, msg)) = &a.rst {
-        assert_eq!(*code, ResetReason::Auth, "{what}: RST code ({msg})");
-        assert!(msg.contains("authentication failed"), "{what}: {msg}");
-    }
-}
 
 /// The server's refusal warning for the connection from `peer`.
 fn refusal_line(server: &mut Proc, peer: SocketAddr, class: &str) -> String {
@@ -169,15 +94,91 @@ fn assert_target_untouched(target: &Target, expected: usize) {
     );
 }
 
+/// Bytes of the client's confirmation: one sealed record holding the
+/// session's secret.
+const CONFIRM_LEN: usize = seal::OVERHEAD + SECRET_LEN;
+/// Bytes of the ephemeral public key that opens the server's answer.
+const EPHEMERAL_LEN: usize = 32;
+
+/// What the server did with a replayed stripe.
+struct Replayed {
+    /// Its answer to the replayed first flight.
+    answer: Vec<u8>,
+    /// Anything it sent after the answer (nothing, for a stripe it refuses).
+    after: Vec<u8>,
+    ended: Result<(), io::ErrorKind>,
+    /// From the rest of the replay to the close.
+    took: Duration,
+}
+
+/// Replays `up` (a stripe's client-to-server bytes, as captured) on a new
+/// connection to `to` from the `n`th extra loopback address: its first
+/// flight, then (once the server answered it) the rest, verbatim. Returns
+/// the connection's own address (which the server's warning names) and
+/// what came back.
+fn replay(n: u8, to: SocketAddr, up: &[u8]) -> (SocketAddr, Replayed) {
+    let mut conn = connect_from(loopback(n), to);
+    let peer = conn.local_addr().unwrap();
+    conn.write_all(&up[..CLIENT_FIRST_LEN])
+        .expect("replay the first flight");
+    let (answer, ended) = read_up_to(&mut conn, SERVER_ANSWER_LEN, PROMPT);
+    let started = Instant::now();
+    let (after, ended) = match ended {
+        Some(ended) => (Vec::new(), ended),
+        None => {
+            // The server may close before it has read all of this.
+            let _ = conn.write_all(&up[CLIENT_FIRST_LEN..]);
+            read_to_close(&mut conn, PROMPT + Duration::from_secs(5))
+        }
+    };
+    let r = Replayed {
+        answer,
+        after,
+        ended,
+        took: started.elapsed(),
+    };
+    (peer, r)
+}
+
+/// Fails unless the server answered the replayed first flight with a
+/// whole answer (made with a fresh ephemeral key, not the one of the
+/// `genuine` answer), then closed the connection promptly (EOF or a reset,
+/// not our timeout) without sending anything more.
+#[track_caller]
+fn assert_answered_then_closed(what: &str, r: &Replayed, genuine: &[u8]) {
+    assert_eq!(
+        r.answer.len(),
+        SERVER_ANSWER_LEN,
+        "{what}: the server answered the first flight"
+    );
+    assert_ne!(
+        r.answer[..EPHEMERAL_LEN],
+        genuine[..EPHEMERAL_LEN],
+        "{what}: the server's ephemeral key is fresh"
+    );
+    assert_ne!(
+        r.ended,
+        Err(io::ErrorKind::TimedOut),
+        "{what}: the server kept the connection open"
+    );
+    assert!(r.took < PROMPT, "{what}: closed after {:?}", r.took);
+    assert!(
+        r.after.is_empty(),
+        "{what}: the server sent {} bytes after its answer",
+        r.after.len()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // A relay on the path that records what it carries.
 
 /// The first bytes of one relayed connection, each way.
 #[derive(Clone, Debug, Default)]
 struct Recorded {
-    /// Client to server: ClientHello, ClientAuth, then frames.
+    /// Client to server: preamble and Noise first message, the sealed
+    /// confirmation, then sealed frames.
     up: Vec<u8>,
-    /// Server to client: ServerHello, then frames.
+    /// Server to client: the Noise answer, then sealed frames.
     down: Vec<u8>,
 }
 
@@ -314,14 +315,6 @@ fn start_recorded(stripes: u8, seed: u64) -> (PathTunnel, HeldSession) {
     (t, session)
 }
 
-/// The genuine session's id, from the first ClientHello on the path.
-fn captured_session(rec: &[Recorded]) -> SessionId {
-    let hello = ClientHello::parse(&rec[0].up[..CLIENT_HELLO_LEN])
-        .expect("a ClientHello on the path")
-        .expect("64 bytes");
-    hello.session
-}
-
 /// Finishes the genuine session and fails unless it ended intact with all
 /// its stripes: no stripe replaced, lost or re-dialed on either side, and
 /// no other session opened.
@@ -426,24 +419,29 @@ impl RefusedClient {
 // ---------------------------------------------------------------------------
 // Tests
 
+/// The client's own account of a server that closed its stripes unanswered.
+const CLOSED_UNANSWERED: &str =
+    "closed the stripe during the handshake (a server with another key, or none, does this)";
+
 #[test]
 fn wrong_key_is_refused() {
     let other = KeyFile::generate();
     let mut r = refused_client(&other.args());
 
-    // The client names the cause: the server's proof does not match our key.
-    let line = r
-        .client
-        .wait_log("did not prove it holds our key", LOG_WAIT);
+    // The server cannot decrypt the first flight: it answers nothing.
+    let refused = r.server.wait_log("failed authentication", LOG_WAIT);
+    assert!(
+        refused.contains("does not decrypt with this key"),
+        "{refused}"
+    );
+    // The client names what it saw, and what it means.
+    let line = r.client.wait_log(CLOSED_UNANSWERED, LOG_WAIT);
     assert!(line.contains(&r.server.addr().to_string()), "{line}");
     let close = r.client.wait_log(" closed after ", LOG_WAIT);
     assert!(
-        close.contains("did not prove it holds our key"),
+        close.contains(CLOSED_UNANSWERED),
         "the client's close line names the cause: {close}"
     );
-    // The server saw a handshake abandoned before the client's proof.
-    let refused = r.server.wait_log("before proving the key", LOG_WAIT);
-    assert!(refused.contains("during the handshake"), "{refused}");
     r.assert_no_session("wrong key", &close, &refused);
 
     // The same server serves a client holding its key.
@@ -452,126 +450,188 @@ fn wrong_key_is_refused() {
     assert_eq!(r.target.accepted(), 1);
 }
 
-/// Authentication is mutual: a client holding a key checks the server's
-/// proof before it sends anything but its hello, so an impostor server
-/// (here one that accepts every hello with a made-up proof, and records
-/// what it gets) learns nothing of the application's data.
-#[test]
-fn impostor_server_gets_no_data() {
-    const SECRET: &[u8] = b"the application's secret request";
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let fake = l.local_addr().unwrap();
-    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let g = got.clone();
-    harness::spawn_small("impostor", move || {
-        let mut rng = rand_bytes(9);
-        for conn in l.incoming().take(4) {
-            let Ok(mut s) = conn else { continue };
-            let answer = ServerHello {
-                status: Status::Ok,
-                nonce: rng(),
-                window: 1 << 20,
-                max_payload: 64 * 1024,
-                proof: [rng(), rng()].concat().try_into().unwrap(),
-            };
-            let g = g.clone();
-            harness::spawn_small("impostor-conn", move || {
-                let _ = s.write_all(&answer.encode());
-                let (bytes, _) = read_to_close(&mut s, Duration::from_secs(10));
-                g.lock().unwrap().push(bytes);
-            });
-        }
-    });
-    let key = KeyFile::generate();
-    let mut client = harness::start_client(&key, fake, 4, &[], "info");
-
-    let took = assert_closed_promptly(client.addr(), SECRET, PROMPT).took;
-    let close = client.wait_log(" closed after ", LOG_WAIT);
-    assert!(
-        close.contains("did not prove it holds our key"),
-        "the client's close line names the cause: {close}"
-    );
-    // Every stripe the impostor saw carried a hello and nothing else.
-    harness::poll_until(LOG_WAIT, Duration::from_millis(10), || {
-        got.lock().unwrap().len() >= 4
-    });
-    let got = got.lock().unwrap().clone();
-    assert_eq!(got.len(), 4, "the client dialled its 4 stripes");
-    for bytes in &got {
-        assert!(
-            ClientHello::parse(bytes).is_ok_and(|h| h.is_some()),
-            "a stripe began with a hello"
-        );
-        assert_eq!(
-            bytes.len(),
-            CLIENT_HELLO_LEN,
-            "the impostor got more than the hello: {:?}",
-            String::from_utf8_lossy(&bytes[CLIENT_HELLO_LEN..])
-        );
-    }
-    client.assert_healthy();
-    eprintln!("impostor: application closed after {took:?}; {close}");
-}
-
 #[test]
 fn client_without_key_is_refused() {
     let mut r = refused_client(&["--insecure-no-auth".into()]);
 
+    // The all-zero key is just another key to the server.
     let refused = r.server.wait_log("failed authentication", LOG_WAIT);
-    assert!(refused.contains("proof does not match"), "{refused}");
-    // The client logs the reason the server gave (its RST frame).
+    assert!(
+        refused.contains("does not decrypt with this key"),
+        "{refused}"
+    );
     let close = r.client.wait_log(" closed after ", LOG_WAIT);
     assert!(
-        close.contains("authentication failed"),
-        "the client's close line gives the server's reason: {close}"
+        close.contains(CLOSED_UNANSWERED),
+        "the client's close line names the cause: {close}"
     );
     r.assert_no_session("no key", &close, &refused);
+}
+
+/// What an impostor server answers every stripe.
+#[derive(Clone, Copy, Debug)]
+enum Impostor {
+    /// 64 random bytes, the size of an answer.
+    RandomBytes,
+    /// A well-formed Noise answer ("accepted", sealed) made with another
+    /// key, for a first flight of its own: it cannot read the client's.
+    AnotherKey,
+}
+
+impl Impostor {
+    fn answer(self, rng: &mut StdRng) -> Vec<u8> {
+        match self {
+            Impostor::RandomBytes => {
+                let mut b = vec![0u8; SERVER_ANSWER_LEN];
+                rng.fill(&mut b[..]);
+                b
+            }
+            Impostor::AnotherKey => {
+                let key = Key::from_bytes(rng.random());
+                let hello = rawv2::hello(Kind::Open, 0, 4, rng.random());
+                let (_, first) = ClientHandshake::start(&hello, &key, rng.random());
+                let mut s = ServerHandshake::new(key);
+                let (_, ServerStep::Hello(_)) = s.handle(&first) else {
+                    panic!("its own first flight");
+                };
+                s.answer(Status::Ok, 1 << 20, 64 * 1024).to_vec()
+            }
+        }
+    }
+}
+
+/// Authentication is mutual: a client holding a key checks the server's
+/// answer before it sends anything but its first flight, so an impostor
+/// server (one that answers every stripe at once, and records what it
+/// gets) learns nothing of the application's data.
+#[test]
+fn impostor_server_gets_no_data() {
+    const SECRET: &[u8] = b"the application's secret request";
+    for (n, mode) in [Impostor::RandomBytes, Impostor::AnotherKey]
+        .into_iter()
+        .enumerate()
+    {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fake = l.local_addr().unwrap();
+        let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let g = got.clone();
+        harness::spawn_small("impostor", move || {
+            let mut rng = StdRng::seed_from_u64(9 + n as u64);
+            for conn in l.incoming().take(4) {
+                let Ok(mut s) = conn else { continue };
+                let answer = mode.answer(&mut rng);
+                let g = g.clone();
+                harness::spawn_small("impostor-conn", move || {
+                    let _ = s.write_all(&answer);
+                    let (bytes, _) = read_to_close(&mut s, Duration::from_secs(10));
+                    g.lock().unwrap().push(bytes);
+                });
+            }
+        });
+        let key = KeyFile::generate();
+        let mut client = harness::start_client(&key, fake, 4, &[], "info");
+
+        let took = assert_closed_promptly(client.addr(), SECRET, PROMPT).took;
+        let close = client.wait_log(" closed after ", LOG_WAIT);
+        assert!(
+            close.contains("did not prove it holds our key") && close.contains("does not decrypt"),
+            "{mode:?}: the client's close line names the cause: {close}"
+        );
+        // Every stripe the impostor saw carried a first flight and nothing else.
+        harness::poll_until(LOG_WAIT, Duration::from_millis(10), || {
+            got.lock().unwrap().len() >= 4
+        });
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 4, "{mode:?}: the client dialled its 4 stripes");
+        for bytes in &got {
+            assert!(
+                bytes.starts_with(&PREAMBLE),
+                "{mode:?}: a stripe began with the preamble"
+            );
+            assert_eq!(
+                bytes.len(),
+                CLIENT_FIRST_LEN,
+                "{mode:?}: the impostor got more than the first flight"
+            );
+        }
+        client.assert_healthy();
+        eprintln!("impostor ({mode:?}): application closed after {took:?}; {close}");
+    }
+}
+
+/// The short id (hex) of the one session `server` opened, from its log.
+fn opened_session(server: &mut Proc) -> String {
+    let line = server.wait_log(" opened: ", LOG_WAIT);
+    let id = line
+        .split("session ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no session id in {line}"));
+    id.to_string()
+}
+
+/// Fails if `bytes` hold the session id whose short form (hex) is `short`.
+#[track_caller]
+fn assert_id_hidden(short: &str, bytes: &[u8], what: &str) {
+    let id: Vec<u8> = (0..short.len() / 2)
+        .map(|i| u8::from_str_radix(&short[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        !bytes.windows(id.len()).any(|w| w == id),
+        "{what}: the session id is readable on the path"
+    );
 }
 
 #[test]
 fn replayed_handshake_is_refused() {
     let (mut t, session) = start_recorded(2, 3);
+    let short = opened_session(&mut t.server);
     let rec = t.relay.recorded();
     assert_eq!(rec.len(), 2, "two stripes went through the relay");
-    let id = captured_session(&rec);
-    // The stripe that carried the most: hello, proof and frames.
+    for r in &rec {
+        assert_id_hidden(&short, &r.up, "client to server");
+        assert_id_hidden(&short, &r.down, "server to client");
+    }
+    // The stripe that carried the most: first flight, confirmation, frames.
     let stripe = rec.iter().max_by_key(|r| r.up.len()).unwrap().clone();
     assert!(
-        stripe.up.len() > CLIENT_HELLO_LEN + CLIENT_AUTH_LEN + frame::HEADER_LEN,
-        "captured {} bytes: hello, proof and at least one frame",
+        stripe.up.starts_with(&PREAMBLE)
+            && stripe.up.len()
+                > CLIENT_FIRST_LEN + CONFIRM_LEN + seal::OVERHEAD + frame::HEADER_LEN,
+        "captured {} bytes: first flight, confirmation and at least one record",
         stripe.up.len()
     );
-    let genuine_nonce = ServerHello::parse(&stripe.down).unwrap().unwrap().nonce;
+    assert!(
+        stripe.down.len() >= SERVER_ANSWER_LEN,
+        "the server's answer"
+    );
 
-    // Replay while the session is live: the server answers with a fresh
-    // nonce, so the captured proof does not match it.
-    let (peer, a) = send_forged("replay", 1, t.server.addr(), &stripe.up);
-    let hello = a.hello.as_ref().expect("the server answered the hello");
-    assert_eq!(hello.status, Status::Ok, "a hello for a live session");
-    assert_ne!(hello.nonce, genuine_nonce, "the server's nonce is fresh");
-    assert_refused_auth("replay", &a);
+    // Replay while the session is live: the server answers the first
+    // flight (the session exists), but the captured confirmation was
+    // sealed with the genuine stripe's keys, not with this one's.
+    let (peer, r) = replay(1, t.server.addr(), &stripe.up);
+    assert_answered_then_closed("replay", &r, &stripe.down);
     let line = refusal_line(&mut t.server, peer, "failed authentication");
+    assert!(line.contains("its confirmation"), "{line}");
     eprintln!(
-        "replay of {} bytes of session {}: closed after {:?} ({:?}, RST {:?}); {line}",
+        "replay of {} bytes of session {short}: closed after {:?} ({:?}); {line}",
         stripe.up.len(),
-        short_id(&id),
-        a.took,
-        a.ended,
-        a.rst
+        r.took,
+        r.ended
     );
     assert_target_untouched(&t.target, 1);
 
     assert_genuine_intact(&mut t, session, 2, "genuine session");
 
-    // Replay after the session ended: refused as finished, before any proof.
-    let (peer, a) = send_forged("replay", 2, t.server.addr(), &stripe.up);
-    assert_eq!(
-        a.hello.as_ref().map(|h| h.status),
-        Some(Status::UnknownSession),
-        "a finished session's id is refused"
-    );
+    // Replay after the session ended: refused as finished (the answer is
+    // a refusal, sealed), before any confirmation.
+    let (peer, r) = replay(2, t.server.addr(), &stripe.up);
+    assert_answered_then_closed("replay after the end", &r, &stripe.down);
     let line = refusal_line(&mut t.server, peer, "was refused a stripe");
-    assert!(line.contains("unknown or finished session"), "{line}");
+    assert!(
+        line.contains(&format!("of session {short}: unknown or finished session")),
+        "{line}"
+    );
     eprintln!("replay after the session ended: {line}");
     assert_target_untouched(&t.target, 1);
     assert_eq!(
@@ -581,212 +641,16 @@ fn replayed_handshake_is_refused() {
     );
     t.server.assert_healthy();
 
-    // A restarted server has forgotten the session, so the replayed hello
-    // opens a new one as far as it knows: only the nonce stops it.
+    // A restarted server has forgotten the session, so the replayed first
+    // flight opens a new one as far as it knows: only the confirmation,
+    // sealed with keys from another handshake, stops it.
     let mut fresh = harness::start_server(&t.key, t.target.addr(), &[], "info");
-    let (peer, a) = send_forged("replay", 3, fresh.addr(), &stripe.up);
-    let hello = a.hello.as_ref().expect("the server answered the hello");
-    assert_eq!(hello.status, Status::Ok, "an unknown session's OPEN");
-    assert_ne!(hello.nonce, genuine_nonce, "the server's nonce is fresh");
-    assert_refused_auth("replay to a restarted server", &a);
+    let (peer, r) = replay(3, fresh.addr(), &stripe.up);
+    assert_answered_then_closed("replay to a restarted server", &r, &stripe.down);
     let line = refusal_line(&mut fresh, peer, "failed authentication");
+    assert!(line.contains("its confirmation"), "{line}");
     eprintln!("replay to a restarted server: {line}");
     assert_target_untouched(&t.target, 1);
     assert_eq!(fresh.count_log(" opened: "), 0, "no session opened");
     fresh.assert_healthy();
-}
-
-#[test]
-fn stripe_without_key_cannot_join_a_session() {
-    const STRIPES: u8 = 4;
-    let (mut t, session) = start_recorded(STRIPES, 4);
-    let id = captured_session(&t.relay.recorded());
-    let mut rng = rand_bytes(0x5eed);
-
-    // As a new stripe and as a replacement, on a live stripe's index and
-    // on the last; each with a garbage proof and frames behind it that
-    // would corrupt the stream if they were taken in.
-    let forged = [
-        (Kind::Open, 0),
-        (Kind::Join, 0),
-        (Kind::Join, STRIPES - 1),
-        (Kind::Open, STRIPES - 1),
-    ];
-    for (n, (kind, index)) in forged.into_iter().enumerate() {
-        let what = format!("forged {kind:?} stripe {index}");
-        let hello = ClientHello {
-            kind,
-            index,
-            count: STRIPES,
-            session: id,
-            nonce: rng(),
-            window: 1 << 20,
-            max_payload: 64 * 1024,
-        };
-        let mut proof = [0u8; CLIENT_AUTH_LEN];
-        proof[..16].copy_from_slice(&rng());
-        proof[16..].copy_from_slice(&rng());
-        let mut bytes = hello.encode().to_vec();
-        bytes.extend_from_slice(&proof);
-        bytes.extend(frame::encode_vec(FrameType::Data, 0, 0, &[0xEE; 4096]));
-        bytes.extend(frame::encode_vec(FrameType::Fin, 0, 4096, &[]));
-
-        let (peer, a) = send_forged(&what, n as u8 + 1, t.server.addr(), &bytes);
-        assert_refused_auth(&what, &a);
-        let line = refusal_line(&mut t.server, peer, "failed authentication");
-        eprintln!(
-            "{what}: server answered {:?}, closed after {:?} ({:?}, RST {:?}); {line}",
-            a.hello.map(|h| h.status),
-            a.took,
-            a.ended,
-            a.rst.map(|r| r.0)
-        );
-    }
-    assert_target_untouched(&t.target, 1);
-    assert_genuine_intact(&mut t, session, STRIPES, "genuine session");
-}
-
-/// A source of random 16-byte values from a fixed seed.
-fn rand_bytes(seed: u64) -> impl FnMut() -> [u8; 16] {
-    use rand::{RngExt, SeedableRng};
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    move || r.random()
-}
-
-/// Runs a binary to its exit (bounded) and returns its status and log.
-fn run_to_exit(binary: &str, args: &[&str]) -> (ExitStatus, String) {
-    let mut cmd = Command::new(harness::bin(binary));
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let mut p = Proc::spawn(binary, cmd);
-    let status = p
-        .wait_exit(Duration::from_secs(10))
-        .unwrap_or_else(|| p.fail(&format!("{args:?} did not exit within 10 s")));
-    // Standard error closes with the process; wait for the last lines.
-    let _ = p.find_log(Duration::from_secs(2), |_| false);
-    (status, p.log_text())
-}
-
-#[test]
-fn keys_are_required_generated_and_protected() {
-    let target = harness::dead_addr().to_string();
-    let dir = TempDir::new("keys");
-
-    // No key and no --insecure-no-auth: neither end starts.
-    for (binary, role) in [
-        ("stripe-server", ["--target", target.as_str()]),
-        ("stripe-client", ["--server", target.as_str()]),
-    ] {
-        let (status, log) = run_to_exit(binary, &["--listen", "127.0.0.1:0", role[0], role[1]]);
-        assert!(!status.success(), "{binary} started without a key: {log}");
-        assert!(
-            log.contains("--key-file") && log.contains("--insecure-no-auth"),
-            "{binary}'s message names both options: {log}"
-        );
-        assert!(!log.contains("listening on"), "{binary}: {log}");
-        eprintln!("{binary} without a key ({status}): {log}");
-    }
-
-    // genkey writes a 0600 key file, and never overwrites one.
-    let path = dir.path().join("k");
-    let shown = path.display().to_string();
-    let (status, log) = run_to_exit("stripe-server", &["genkey", &shown]);
-    assert!(status.success(), "genkey failed ({status}): {log}");
-    let meta = std::fs::metadata(&path).expect("genkey wrote the file");
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "key file mode");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let hex: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .collect();
-    assert!(
-        hex.len() == 1 && hex[0].len() == 64 && hex[0].bytes().all(|b| b.is_ascii_hexdigit()),
-        "one line of 64 hex digits: {text:?}"
-    );
-    let (status, log) = run_to_exit("stripe-client", &["genkey", &shown]);
-    assert!(!status.success(), "genkey overwrote an existing key: {log}");
-    assert!(log.contains(&shown), "the message names the file: {log}");
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        text,
-        "the existing key is unchanged"
-    );
-    let other = dir.path().join("k2");
-    let (status, _) = run_to_exit("stripe-client", &["genkey", &other.display().to_string()]);
-    assert!(status.success());
-    assert_ne!(
-        std::fs::read_to_string(&other).unwrap(),
-        text,
-        "each genkey makes a new key"
-    );
-
-    // The key works; the same file readable by group or others is refused.
-    let tgt = Target::start(echo);
-    let key_args = ["--key-file".to_string(), shown.clone()];
-    {
-        let server = harness::start_server(&key_args[..], tgt.addr(), &[], "info");
-        let client = harness::start_client(&key_args[..], server.addr(), 2, &[], "info");
-        harness::assert_echo_session(client.addr(), 5, MIB);
-    }
-    for mode in [0o644, 0o640, 0o604] {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        for binary in ["stripe-server", "stripe-client"] {
-            let role = if binary == "stripe-server" {
-                "--target"
-            } else {
-                "--server"
-            };
-            let (status, log) = run_to_exit(
-                binary,
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    role,
-                    &target,
-                    "--key-file",
-                    &shown,
-                ],
-            );
-            assert!(
-                !status.success(),
-                "{binary} accepted a key file of mode {mode:03o}: {log}"
-            );
-            assert!(
-                log.contains("chmod") && log.contains(&shown),
-                "{binary}: the message says to chmod the file: {log}"
-            );
-            if mode == 0o644 {
-                eprintln!("{binary} with a mode {mode:03o} key ({status}): {log}");
-            }
-        }
-    }
-
-    // A key and --insecure-no-auth together is a mistake, not a choice;
-    // and a 0600 file that is not a key is refused.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let junk = dir.path().join("junk");
-    std::fs::write(&junk, "not a key\n").unwrap();
-    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let junk = junk.display().to_string();
-    let base = ["--listen", "127.0.0.1:0", "--target", &target];
-    let (status, log) = run_to_exit(
-        "stripe-server",
-        &[&base[..], &["--key-file", &shown, "--insecure-no-auth"]].concat(),
-    );
-    assert!(
-        !status.success(),
-        "both --key-file and --insecure-no-auth: {log}"
-    );
-    assert!(log.contains("--insecure-no-auth"), "{log}");
-    let (status, log) = run_to_exit(
-        "stripe-server",
-        &[&base[..], &["--key-file", &junk]].concat(),
-    );
-    assert!(!status.success(), "a key file that is not a key: {log}");
-    assert!(
-        log.contains("not a striper key") && log.contains(&junk),
-        "{log}"
-    );
 }

@@ -18,11 +18,13 @@ use striper_tests::harness::{self, KeyFile, Pattern, Target, echo, exchange_on};
 
 const MIB: u64 = 1 << 20;
 
+/// Every connection's bytes: (client to server, server to client).
+type Seen = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
 /// A TCP relay that records what crosses it, and may flip one byte.
 struct Relay {
     addr: SocketAddr,
-    /// Every connection's bytes: (client to server, server to client).
-    seen: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    seen: Seen,
     stop: Arc<AtomicBool>,
 }
 
@@ -32,7 +34,7 @@ impl Relay {
     fn start(upstream: SocketAddr, flip: Option<(usize, u64)>) -> Relay {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = l.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (seen2, stop2) = (seen.clone(), stop.clone());
         harness::spawn_small("relay-accept", move || {

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::connect;
+use super::{IO_TIMEOUT, with_timeouts};
 
 /// How an application connection ended.
 #[derive(Debug)]
@@ -86,8 +86,25 @@ pub struct AppClosed {
 /// The read gives up `prompt` + 5 s after the write.
 #[track_caller]
 pub fn assert_closed_promptly(addr: SocketAddr, msg: &[u8], prompt: Duration) -> AppClosed {
-    let mut app = connect(addr);
     let started = Instant::now();
+    // A tunnel that fails at once may reset the connection before the
+    // connect call has returned: that is the prompt close asked for.
+    let mut app = match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+        Ok(s) => with_timeouts(s),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            let at = Instant::now();
+            return AppClosed {
+                wrote: Err(io::Error::from(io::ErrorKind::ConnectionReset)),
+                closed: Closed {
+                    bytes: 0,
+                    how: Err(e.kind()),
+                    at,
+                },
+                took: at - started,
+            };
+        }
+        Err(e) => panic!("cannot connect to {addr}: {e}"),
+    };
     let wrote = app.write_all(msg);
     let closed = read_until_closed(&mut app, prompt + Duration::from_secs(5));
     let took = closed.at - started;
