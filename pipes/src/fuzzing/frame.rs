@@ -125,7 +125,11 @@ fn decode_stream(data: &[u8], cap: usize) {
                 if f.header.ty == FrameType::Rst {
                     let (code, msg) = frame::parse_rst(f.payload);
                     assert_eq!(code.code().to_be_bytes(), [f.payload[0], f.payload[1]]);
-                    assert!(msg.len() <= 3 * MAX_RST_PAYLOAD);
+                    assert!(msg.len() <= 6 * MAX_RST_PAYLOAD);
+                    assert!(
+                        !msg.chars().any(char::is_control),
+                        "control characters reach the logs"
+                    );
                 }
                 at += n;
             }

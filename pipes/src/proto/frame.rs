@@ -303,13 +303,22 @@ pub fn rst_payload(reason: ResetReason, msg: &str) -> Vec<u8> {
     v
 }
 
-/// Splits an RST payload into its reason and (lossily decoded) message.
+/// Splits an RST payload into its reason and message. The message is the
+/// peer's text on its way into our logs: it is decoded lossily and every
+/// control character (a newline that would forge a log line, an escape
+/// sequence for the terminal) is escaped.
 pub fn parse_rst(payload: &[u8]) -> (ResetReason, String) {
     let code = u16::from_be_bytes([payload[0], payload[1]]);
-    (
-        ResetReason::from_code(code),
-        String::from_utf8_lossy(&payload[2..]).into_owned(),
-    )
+    let text = String::from_utf8_lossy(&payload[2..]);
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
+    }
+    (ResetReason::from_code(code), safe)
 }
 
 #[cfg(test)]
@@ -349,6 +358,20 @@ mod tests {
             parse_rst(&rst_payload(ResetReason::Auth, "x")),
             (ResetReason::Auth, "x".to_string())
         );
+    }
+
+    #[test]
+    fn a_peers_rst_text_cannot_forge_log_lines() {
+        let p = rst_payload(
+            ResetReason::AppReset,
+            "bye\n[2026-12-01T00:00:00Z WARN] forged\x1b[2J caf\u{e9}",
+        );
+        let (_, msg) = parse_rst(&p);
+        assert_eq!(
+            msg,
+            "bye\\n[2026-12-01T00:00:00Z WARN] forged\\u{1b}[2J caf\u{e9}"
+        );
+        assert!(!msg.chars().any(char::is_control));
     }
 
     #[test]
