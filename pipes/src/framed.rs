@@ -1,9 +1,8 @@
 //! `FramedPipe`: sealed frames on top of a TCP pipe.
 //!
 //! Every frame after the handshake travels as one sealed record
-//! ([`crate::proto::seal`]): its 20-byte header (with its CRC, which the
-//! tag makes redundant but keeps one frame codec for every layer) and its
-//! payload. Reading opens records in place in the TCP pipe's read buffer
+//! ([`crate::proto::seal`]): its 20-byte header (the check field zero: the
+//! record's tag covers the frame) and its payload. Reading opens records in place in the TCP pipe's read buffer
 //! and decodes the frame inside (no copy until the session takes the
 //! payload). Writing encodes the header, seals header and payload into the
 //! stripe's out buffer (the one copy of the payload on the way out) and
@@ -165,15 +164,8 @@ impl FramedPipe {
         }
         let (plain_len, total) = self.opened.expect("opened above");
         let plain = &self.inner.buffered()[seal::LEN_LEN..seal::LEN_LEN + plain_len];
-        match frame::decode(plain, self.max_payload) {
-            Ok(Some((f, n))) if n == plain.len() => Ok(Next::Frame(f, total)),
-            Ok(_) => Err(FramedError::Corrupt {
-                err: FrameError::BadLength {
-                    ty: frame::FrameType::Data,
-                    len: plain.len() as u32,
-                },
-                offset,
-            }),
+        match frame::decode_sealed(plain, self.max_payload) {
+            Ok(f) => Ok(Next::Frame(f, total)),
             Err(err) => Err(FramedError::Corrupt { err, offset }),
         }
     }
@@ -203,7 +195,7 @@ impl FramedPipe {
         };
         // The one place a frame header is encoded (and sealed with its
         // payload).
-        let header = t.header.encode(&[a, b]);
+        let header = t.header.encode_sealed();
         self.out.clear();
         self.written = 0;
         let sealer = self.sealer.as_mut().expect("keys before frames");

@@ -2,7 +2,7 @@
 //! with fixed keys, computed here and required to appear in the document
 //! verbatim, so a second implementation can check itself against them.
 
-use pipes::proto::frame::{FrameType, encode_vec};
+use pipes::proto::frame::{FrameType, encode_sealed_vec};
 use pipes::proto::handshake::{ClientHello, Kind, ServerHello, Status};
 use pipes::proto::noise::{Initiator, Responder};
 
@@ -40,7 +40,7 @@ fn vectors() -> Vec<(&'static str, String)> {
     assert_eq!(got, answer_fields);
     let mut confirm = Vec::new();
     ckeys.send.seal(&[&[0x33u8; 32]], &mut confirm).unwrap();
-    let frame = encode_vec(FrameType::Data, 0, 0, b"hello, striper");
+    let frame = encode_sealed_vec(FrameType::Data, 0, 0, b"hello, striper");
     let mut record = Vec::new();
     ckeys.send.seal(&[&frame], &mut record).unwrap();
     // The server opens both.

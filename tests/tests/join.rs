@@ -121,7 +121,7 @@ fn a_stripe_without_the_session_secret_cannot_join() {
         // The server may close before it has read these.
         let _ = stripe.send(&[
             rawv2::data(0, &[0xEE; 4096]),
-            frame::encode_vec(FrameType::Fin, 0, 4096, &[]),
+            frame::encode_sealed_vec(FrameType::Fin, 0, 4096, &[]),
         ]);
         let closing = stripe.read_to_close(PROMPT + LOG_WAIT);
         assert_ne!(

@@ -32,6 +32,15 @@ pub fn frame(data: &[u8]) {
         decode_stream(&fixed, cap);
     }
     sealed(data);
+    for &cap in &FRAME_CAPS {
+        if let Ok(f) = frame::decode_sealed(data, cap) {
+            assert_eq!(HEADER_LEN + f.payload.len(), data.len(), "fills its record");
+            let again =
+                frame::encode_sealed_vec(f.header.ty, f.header.flags, f.header.value, f.payload);
+            assert_eq!(again, data, "a sealed frame re-encodes to its bytes");
+            check_lengths(f.header.ty, f.payload.len(), cap);
+        }
+    }
 }
 
 /// The record opener on `data` as it is (it never accepts a record nobody

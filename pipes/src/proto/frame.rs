@@ -106,6 +106,63 @@ impl Header {
     }
 }
 
+impl Header {
+    /// Encodes the header of a frame that travels inside a sealed record:
+    /// the check field is zero, since the record's tag covers every byte
+    /// (a CRC there would only cost two passes over each payload).
+    pub fn encode_sealed(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[field::TYPE] = self.ty as u8;
+        h[field::FLAGS] = self.flags;
+        h[field::LENGTH].copy_from_slice(&self.len.to_be_bytes());
+        h[field::VALUE].copy_from_slice(&self.value.to_be_bytes());
+        h
+    }
+}
+
+/// Decodes the frame that fills a sealed record's plaintext `buf` exactly:
+/// the same checks as [`decode`], with the check field required to be zero
+/// instead of a CRC; a frame that does not fill the record exactly (or a
+/// record shorter than a header) is `RecordNotOneFrame`.
+pub fn decode_sealed(buf: &[u8], max_payload: usize) -> Result<Frame<'_>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Err(FrameError::RecordNotOneFrame {
+            frame: HEADER_LEN,
+            record: buf.len(),
+        });
+    }
+    let header = parse_header(buf, max_payload)?;
+    if HEADER_LEN + header.len as usize != buf.len() {
+        return Err(FrameError::RecordNotOneFrame {
+            frame: HEADER_LEN + header.len as usize,
+            record: buf.len(),
+        });
+    }
+    let check = be32(&buf[field::CRC]);
+    if check != 0 {
+        return Err(FrameError::CheckFieldSet(check));
+    }
+    Ok(Frame {
+        header,
+        payload: &buf[HEADER_LEN..],
+    })
+}
+
+/// Encodes a whole sealed-format frame into a new vector (tests).
+pub fn encode_sealed_vec(ty: FrameType, flags: u8, value: u64, payload: &[u8]) -> Vec<u8> {
+    let h = Header {
+        ty,
+        flags,
+        len: payload.len() as u32,
+        value,
+    }
+    .encode_sealed();
+    let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
+    v.extend_from_slice(&h);
+    v.extend_from_slice(payload);
+    v
+}
+
 /// A whole frame borrowed from a receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -128,6 +185,14 @@ pub enum FrameError {
         expected: u32,
         computed: u32,
     },
+    /// Inside a sealed record the check field must be zero (the record's
+    /// tag covers the frame).
+    CheckFieldSet(u32),
+    /// A sealed record holds exactly one frame.
+    RecordNotOneFrame {
+        frame: usize,
+        record: usize,
+    },
     /// A frame type that never carries a payload (or a short RST) had a bad length.
     BadLength {
         ty: FrameType,
@@ -146,6 +211,14 @@ impl fmt::Display for FrameError {
             FrameError::CrcMismatch { expected, computed } => write!(
                 f,
                 "CRC mismatch (frame says {expected:#010x}, computed {computed:#010x})"
+            ),
+            FrameError::RecordNotOneFrame { frame, record } => write!(
+                f,
+                "a record of {record} bytes holding a frame of {frame} bytes (one frame per record)"
+            ),
+            FrameError::CheckFieldSet(v) => write!(
+                f,
+                "check field {v:#010x} set in a sealed frame (must be zero)"
             ),
             FrameError::BadLength { ty, len } => {
                 write!(f, "{ty:?} frame with invalid length {len}")

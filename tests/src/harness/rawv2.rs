@@ -251,16 +251,16 @@ impl RawStripe {
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
         };
         self.inbuf.drain(..n);
-        match frame::decode(&plain, MAX_PAYLOAD as usize) {
-            Ok(Some((f, used))) if used == plain.len() => Ok(Some(Frame {
+        match frame::decode_sealed(&plain, MAX_PAYLOAD as usize) {
+            Ok(f) => Ok(Some(Frame {
                 ty: f.header.ty,
                 flags: f.header.flags,
                 value: f.header.value,
                 payload: f.payload.to_vec(),
             })),
-            other => Err(io::Error::new(
+            Err(e) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("a record that is not one frame: {other:?}"),
+                format!("a record that is not one frame: {e}"),
             )),
         }
     }
@@ -345,7 +345,7 @@ impl Closing {
 
 /// A DATA frame.
 pub fn data(offset: u64, payload: &[u8]) -> Vec<u8> {
-    frame::encode_vec(FrameType::Data, 0, offset, payload)
+    frame::encode_sealed_vec(FrameType::Data, 0, offset, payload)
 }
 
 /// A one-stripe session whose far end echoes, driven by hand.
@@ -399,7 +399,7 @@ impl EchoSession {
                 self.received += (f.payload.len() - skip) as u64;
             }
             FrameType::Ping => {
-                let pong = frame::encode_vec(FrameType::Pong, 0, f.value, &[]);
+                let pong = frame::encode_sealed_vec(FrameType::Pong, 0, f.value, &[]);
                 self.stripe.send(&[pong])?;
             }
             FrameType::Rst => return Err(protocol(format!("RST {:?}", f.rst()))),
@@ -409,7 +409,7 @@ impl EchoSession {
     }
 
     fn ack(&mut self, flags: u8) -> io::Result<()> {
-        let ack = frame::encode_vec(FrameType::Ack, flags, self.received, &[]);
+        let ack = frame::encode_sealed_vec(FrameType::Ack, flags, self.received, &[]);
         self.stripe.send(&[ack])
     }
 
@@ -443,7 +443,7 @@ impl EchoSession {
     /// how the server closed the stripe.
     pub fn finish(mut self, limit: Duration) -> io::Result<Closing> {
         let deadline = Instant::now() + limit;
-        let fin = frame::encode_vec(FrameType::Fin, 0, self.sent, &[]);
+        let fin = frame::encode_sealed_vec(FrameType::Fin, 0, self.sent, &[]);
         self.stripe.send(&[fin])?;
         let mut back = Vec::new();
         loop {
