@@ -98,6 +98,13 @@ impl<T: Task> Reactor<T> {
         self.tasks.get_mut(slot).and_then(|t| t.as_mut())
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         self.tasks
             .iter_mut()

@@ -19,7 +19,7 @@ use pipes::proto::noise::Keys;
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, TuningOpts};
-use striper_core::config::{join_addrs, log_fd_limit, parse_secs, resolve};
+use striper_core::config::{join_addrs, log_fd_limit, parse_secs, parse_size, resolve};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::reactor::TICK;
 use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
@@ -79,6 +79,13 @@ struct Opts {
     /// Default: a quarter of --max-pending.
     #[arg(long, value_name = "N")]
     max_pending_per_source: Option<usize>,
+
+    /// Memory the sessions' buffers may hold in all (send and reassembly
+    /// buffers, stripe and target read buffers). While they hold more, new
+    /// sessions are refused ("server busy"); the sessions in progress go
+    /// on, each bounded by --window.
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
+    memory_budget: u64,
 
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -151,6 +158,7 @@ struct Server {
     target_name: String,
     max_sessions: usize,
     max_stripes: u8,
+    memory_budget: u64,
     admission: Admission,
     handshake_timeout: Duration,
     sessions: HashMap<SessionId, usize>,
@@ -174,6 +182,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         target_name: target.clone(),
         max_stripes: opts.max_stripes,
         max_sessions: opts.max_sessions.max(1),
+        memory_budget: opts.memory_budget,
         admission: Admission::new(
             opts.max_pending,
             opts.max_pending_per_source
@@ -392,8 +401,22 @@ impl Server {
             (_, Some(_)) => Status::Ok,
             (Kind::Join, None) => Status::UnknownSession,
             (Kind::Open, None) if self.sessions.len() >= self.max_sessions => Status::ServerFull,
+            (Kind::Open, None) if self.buffered() >= self.memory_budget => Status::ServerBusy,
             (Kind::Open, None) => Status::Ok,
         }
+    }
+
+    /// Bytes the sessions' buffers hold now (what `--memory-budget` limits).
+    fn buffered(&self) -> u64 {
+        self.reactor
+            .iter()
+            .map(|(_, t)| match t {
+                ServerTask::Session(s) => {
+                    (s.bridge.a().buffer_bytes() + s.bridge.b().read_buffer_capacity()) as u64
+                }
+                ServerTask::Handshake(_) => 0,
+            })
+            .sum()
     }
 
     /// An authenticated stripe joins its session, creating it if needed.

@@ -85,3 +85,64 @@ fn a_huge_announced_window_cannot_make_the_server_hold_more_than_its_own() {
     drop(stripes);
     server.assert_healthy();
 }
+
+/// `--memory-budget`: while the sessions' buffers hold more than it, new
+/// sessions are refused ("server busy"); once the hog is gone, they are
+/// served again.
+#[test]
+fn new_sessions_wait_for_room_in_the_memory_budget() {
+    let target = Target::start(push);
+    let key = KeyFile::generate();
+    let mut server = harness::start_server(
+        &key,
+        target.addr(),
+        &[
+            "--window",
+            "1M",
+            "--memory-budget",
+            "1M",
+            "--resume-timeout",
+            "0",
+        ],
+        "info",
+    );
+    // A session that holds its whole window: the target pushes, the
+    // client never reads.
+    let hello = ClientHello {
+        kind: Kind::Open,
+        index: 0,
+        count: 1,
+        session: [9; 16],
+        window: 1 << 30,
+        max_payload: 256 << 10,
+    };
+    let hog = RawStripe::open(server.addr(), &hello, &key_of(&key), [7; 32]);
+    assert!(target.wait_accepted(1, Duration::from_secs(10)));
+    let mut client =
+        harness::start_client(&key, server.addr(), 2, &["--resume-timeout", "0"], "info");
+    // Retried until the hog's window is full: then a new session is refused.
+    let refused = harness::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let mut app = harness::connect(client.addr());
+        let _ = app.write_all(b"x");
+        let mut b = [0u8; 1];
+        let _ = std::io::Read::read(&mut app, &mut b);
+        client
+            .log_text()
+            .contains("refused the stripe: server busy")
+    });
+    assert!(refused, "no session was refused while the budget was spent");
+    let line = server.wait_log("server busy", Duration::from_secs(5));
+    assert!(line.contains("was refused a stripe"), "{line}");
+    // The hog leaves; its session ends at once (--resume-timeout 0) and
+    // gives its memory back: sessions are served again.
+    drop(hog);
+    server.wait_log("session 0909090909090909 closed", Duration::from_secs(10));
+    let mut app = harness::connect(client.addr());
+    app.write_all(b"ping").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 4];
+    // The target pushes to every session: its first bytes come back.
+    std::io::Read::read_exact(&mut app, &mut b).expect("a session after the hog left");
+    assert_eq!(b, [0x5a; 4]);
+    server.assert_healthy();
+}
