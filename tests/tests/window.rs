@@ -118,8 +118,7 @@ fn new_sessions_wait_for_room_in_the_memory_budget() {
     };
     let hog = RawStripe::open(server.addr(), &hello, &key_of(&key), [7; 32]);
     assert!(target.wait_accepted(1, Duration::from_secs(10)));
-    let mut client =
-        harness::start_client(&key, server.addr(), 2, &["--resume-timeout", "0"], "info");
+    let client = harness::start_client(&key, server.addr(), 2, &["--resume-timeout", "0"], "info");
     // Retried until the hog's window is full: then a new session is refused.
     let refused = harness::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let mut app = harness::connect(client.addr());
