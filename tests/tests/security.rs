@@ -40,9 +40,8 @@
 //! address (127.0.0.2, 127.0.0.3, ...) and its warning can be told apart by
 //! address and port.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +56,7 @@ use pipes::proto::seal;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use striper_tests::harness::rawv2::{self, connect_from, loopback, read_up_to};
+use striper_tests::harness::relay::Relay;
 use striper_tests::harness::{
     self, AppClosed, HeldSession, KeyFile, Pattern, Proc, Target, assert_closed_promptly, echo,
     read_to_close,
@@ -169,119 +169,13 @@ fn assert_answered_then_closed(what: &str, r: &Replayed, genuine: &[u8]) {
     );
 }
 
-// ---------------------------------------------------------------------------
-// A relay on the path that records what it carries.
-
-/// The first bytes of one relayed connection, each way.
-#[derive(Clone, Debug, Default)]
-struct Recorded {
-    /// Client to server: preamble and Noise first message, the sealed
-    /// confirmation, then sealed frames.
-    up: Vec<u8>,
-    /// Server to client: the Noise answer, then sealed frames.
-    down: Vec<u8>,
-}
-
-/// A TCP relay between stripe-client and stripe-server that keeps the
-/// first `keep` bytes of each connection in each direction: what anyone
-/// on the path could capture.
-struct RecordingRelay {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RecordingRelay {
-    fn start(upstream: SocketAddr, keep: usize) -> RecordingRelay {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let addr = l.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, st) = (conns.clone(), stop.clone());
-        harness::spawn_small("relay-accept", move || {
-            for conn in l.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(down) = conn else { continue };
-                let Ok(up) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                let _ = (down.set_nodelay(true), up.set_nodelay(true));
-                let i = {
-                    let mut g = c.lock().unwrap();
-                    g.push(Recorded::default());
-                    g.len() - 1
-                };
-                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-                let (c1, c2) = (c.clone(), c.clone());
-                harness::spawn_small("relay-up", move || {
-                    pump(down, up, keep, |b| {
-                        c1.lock().unwrap()[i].up.extend_from_slice(b)
-                    })
-                });
-                harness::spawn_small("relay-down", move || {
-                    pump(u2, d2, keep, |b| {
-                        c2.lock().unwrap()[i].down.extend_from_slice(b)
-                    })
-                });
-            }
-        });
-        RecordingRelay { addr, conns, stop }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn recorded(&self) -> Vec<Recorded> {
-        self.conns.lock().unwrap().clone()
-    }
-}
-
-impl Drop for RecordingRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
-
-/// Copies `from` to `to` until EOF (passed on as a half-close) or an error
-/// (passed on by closing both), recording the first `keep` bytes.
-fn pump(mut from: TcpStream, mut to: TcpStream, keep: usize, mut record: impl FnMut(&[u8])) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut kept = 0;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                let k = n.min(keep - kept);
-                if k > 0 {
-                    record(&buf[..k]);
-                    kept += k;
-                }
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-}
-
 /// A keyed server and client with a recording relay between them and an
 /// echo target.
 struct PathTunnel {
     target: Target,
     server: Proc,
     client: Proc,
-    relay: RecordingRelay,
+    relay: Relay,
     key: KeyFile,
 }
 
@@ -295,7 +189,7 @@ fn start_recorded(stripes: u8, seed: u64) -> (PathTunnel, HeldSession) {
     let target = Target::start(echo);
     let key = KeyFile::generate();
     let mut server = harness::start_server(&key, target.addr(), &[], "info");
-    let relay = RecordingRelay::start(server.addr(), 8192);
+    let relay = Relay::start(server.addr(), 8192, None);
     let client = harness::start_client(&key, relay.addr(), stripes, &[], "info");
     let stream = harness::connect(client.addr());
     let session = HeldSession::start(stream, Pattern::new(seed), HELD_LEN, HELD_FIRST, None);

@@ -8,104 +8,14 @@
 //! * A relay that records every byte both ways finds no trace of a marker
 //!   the application sent 10,000 times, and none of the session's data.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::time::Duration;
 
+use striper_tests::harness::relay::Relay;
 use striper_tests::harness::{self, KeyFile, Pattern, Target, echo, exchange_on};
 
 const MIB: u64 = 1 << 20;
-
-/// Every connection's bytes: (client to server, server to client).
-type Seen = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
-
-/// A TCP relay that records what crosses it, and may flip one byte.
-struct Relay {
-    addr: SocketAddr,
-    seen: Seen,
-    stop: Arc<AtomicBool>,
-}
-
-impl Relay {
-    /// Relays to `upstream`; `flip` = (connection number, offset in its
-    /// client-to-server bytes) of the byte to flip.
-    fn start(upstream: SocketAddr, flip: Option<(usize, u64)>) -> Relay {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let addr = l.local_addr().unwrap();
-        let seen: Seen = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        harness::spawn_small("relay-accept", move || {
-            for conn in l.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let (Ok(down), Ok(up)) = (conn, TcpStream::connect(upstream)) else {
-                    continue;
-                };
-                let i = {
-                    let mut g = seen2.lock().unwrap();
-                    g.push(Default::default());
-                    g.len() - 1
-                };
-                let at = flip.and_then(|(n, off)| (n == i).then_some(off));
-                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-                let (s1, s2) = (seen2.clone(), seen2.clone());
-                harness::spawn_small("relay-up", move || {
-                    pump(down, up, at, |b| {
-                        s1.lock().unwrap()[i].0.extend_from_slice(b)
-                    })
-                });
-                harness::spawn_small("relay-down", move || {
-                    pump(u2, d2, None, |b| {
-                        s2.lock().unwrap()[i].1.extend_from_slice(b)
-                    })
-                });
-            }
-        });
-        Relay { addr, seen, stop }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
-
-/// Copies `from` to `to` until EOF (passed on as a half-close) or an error
-/// (both closed), recording what passes and flipping the byte at `flip`.
-fn pump(mut from: TcpStream, mut to: TcpStream, flip: Option<u64>, mut seen: impl FnMut(&[u8])) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut at = 0u64;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                seen(&buf[..n]);
-                if let Some(f) = flip
-                    && (at..at + n as u64).contains(&f)
-                {
-                    buf[(f - at) as usize] ^= 0x20;
-                }
-                at += n as u64;
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-}
 
 /// One flipped byte in the middle of stripe traffic costs that stripe, not
 /// the session, and never reaches the target.
@@ -116,8 +26,8 @@ fn a_flipped_byte_ends_its_stripe_and_the_bytes_arrive_intact() {
     let mut server = harness::start_server(&key, target.addr(), &[], "info");
     // 100 KB into the first connection's client-to-server bytes: well past
     // its handshake (148 bytes), inside its frames.
-    let relay = Relay::start(server.addr(), Some((0, 100_000)));
-    let mut client = harness::start_client(&key, relay.addr, 4, &[], "info");
+    let relay = Relay::start(server.addr(), usize::MAX, Some((0, 100_000)));
+    let mut client = harness::start_client(&key, relay.addr(), 4, &[], "info");
     let pat = Pattern::new(0x7a3);
     let len = 16 * MIB;
     let (sent, got) = exchange_on(harness::connect(client.addr()), &pat, len, Some(&pat));
@@ -155,8 +65,8 @@ fn a_recording_relay_sees_no_trace_of_the_applications_bytes() {
     let target = Target::start(echo);
     let key = KeyFile::generate();
     let server = harness::start_server(&key, target.addr(), &[], "info");
-    let relay = Relay::start(server.addr(), None);
-    let client = harness::start_client(&key, relay.addr, 4, &[], "info");
+    let relay = Relay::start(server.addr(), usize::MAX, None);
+    let client = harness::start_client(&key, relay.addr(), 4, &[], "info");
     let mut app = harness::connect(client.addr());
     let msg = MARKER.repeat(TIMES);
     let mut w = app.try_clone().unwrap();
@@ -177,15 +87,15 @@ fn a_recording_relay_sees_no_trace_of_the_applications_bytes() {
         msg.len()
     );
     drop(client);
-    let seen = relay.seen.lock().unwrap().clone();
-    let total: usize = seen.iter().map(|(u, d)| u.len() + d.len()).sum();
+    let seen = relay.recorded();
+    let total: usize = seen.iter().map(|r| r.up.len() + r.down.len()).sum();
     assert!(
         total >= 2 * msg.len(),
         "the relay saw the whole session ({total} bytes)"
     );
     let needle = &MARKER[..16];
-    for (i, (up, down)) in seen.iter().enumerate() {
-        for (dir, bytes) in [("to the server", up), ("to the client", down)] {
+    for (i, r) in seen.iter().enumerate() {
+        for (dir, bytes) in [("to the server", &r.up), ("to the client", &r.down)] {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle),
                 "connection {i} {dir}: the marker is visible on the path"

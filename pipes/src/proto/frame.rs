@@ -91,11 +91,7 @@ impl Header {
             payload.iter().map(|p| p.len()).sum::<usize>(),
             self.len as usize
         );
-        let mut h = [0u8; HEADER_LEN];
-        h[field::TYPE] = self.ty as u8;
-        h[field::FLAGS] = self.flags;
-        h[field::LENGTH].copy_from_slice(&self.len.to_be_bytes());
-        h[field::VALUE].copy_from_slice(&self.value.to_be_bytes());
+        let mut h = self.encode_sealed();
         let mut crc = crc32fast::Hasher::new();
         crc.update(&h[..field::CRC.start]);
         for p in payload {
@@ -104,9 +100,7 @@ impl Header {
         h[field::CRC].copy_from_slice(&crc.finalize().to_be_bytes());
         h
     }
-}
 
-impl Header {
     /// Encodes the header of a frame that travels inside a sealed record:
     /// the check field is zero, since the record's tag covers every byte
     /// (a CRC there would only cost two passes over each payload).

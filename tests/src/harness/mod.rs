@@ -37,6 +37,7 @@ mod close;
 mod data;
 mod process;
 pub mod rawv2;
+pub mod relay;
 mod session;
 mod target;
 mod tempdir;
