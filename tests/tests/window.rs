@@ -100,14 +100,23 @@ fn new_sessions_wait_for_room_in_the_memory_budget() {
             "--window",
             "1M",
             "--memory-budget",
-            "1M",
+            "128K",
             "--resume-timeout",
             "0",
+            // The hog never answers keepalives: it must outlive the test.
+            "--keepalive",
+            "20",
+            "--idle-keepalive",
+            "20",
+            "--stripe-timeout",
+            "60",
         ],
         "info",
     );
-    // A session that holds its whole window: the target pushes, the
-    // client never reads.
+    // A session that holds what it can: the target pushes, the client never
+    // reads. It holds the stripe's and the target's read buffers, and its
+    // unacknowledged bytes: those in the kernel's socket buffers (small,
+    // since the hog's receive window never opens) and up to 64 KiB more.
     let hello = ClientHello {
         kind: Kind::Open,
         index: 0,
