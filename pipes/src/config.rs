@@ -77,6 +77,11 @@ pub fn main(command: Option<Command>, run: impl FnOnce() -> Result<ExitCode, Str
 pub fn run_command(command: &Command) -> Result<ExitCode, String> {
     match command {
         Command::Genkey { file } => genkey(file),
+        // They need the program's own definition: the binary runs them
+        // first (`striper_core::cli::generate`).
+        Command::Man { .. } | Command::Completions { .. } => {
+            Err("this subcommand is run by the program itself".into())
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
@@ -80,6 +80,9 @@ const NAME: &str = "stripe-client";
 
 fn main() -> ExitCode {
     let mut opts = Opts::parse();
+    if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
+        return code;
+    }
     pipes::config::main(opts.command.take(), || run(opts))
 }
 

@@ -114,4 +114,65 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Write this program's man page into DIR (as NAME.1) and exit.
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write this program's completion script for SHELL into DIR and exit.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs the subcommands that need the program's own command-line
+/// definition (`app`): the man page and the completion scripts, generated
+/// from the same clap definitions as `--help`, so they never drift. `None`
+/// for any other subcommand (or none).
+pub fn generate(
+    command: &Option<Command>,
+    app: impl FnOnce() -> clap::Command,
+) -> Option<std::process::ExitCode> {
+    let result = match command {
+        Some(Command::Man { dir }) => man_page(app(), dir),
+        Some(Command::Completions { shell, dir }) => {
+            let mut app = app();
+            let name = app.get_name().to_string();
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_complete::generate_to(*shell, &mut app, name, dir))
+                .map(|path| eprintln!("wrote {}", path.display()))
+                .map_err(|e| {
+                    format!(
+                        "cannot write the {shell} completions into {}: {e}",
+                        dir.display()
+                    )
+                })
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    })
+}
+
+fn man_page(app: clap::Command, dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join(format!("{}.1", app.get_name()));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(app)
+        .render(&mut page)
+        .map_err(|e| format!("cannot render the man page: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, page))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }

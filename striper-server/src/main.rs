@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
@@ -103,6 +103,9 @@ const FINISHED_MEMORY: usize = 65_536;
 
 fn main() -> ExitCode {
     let mut opts = Opts::parse();
+    if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
+        return code;
+    }
     pipes::config::main(opts.command.take(), || run(opts))
 }
 
