@@ -11,10 +11,7 @@ fn long_options(help: &str) -> Vec<String> {
     help.lines()
         .map(str::trim_start)
         .filter(|l| l.starts_with('-'))
-        .filter_map(|l| {
-            l.split(|c: char| c == ' ' || c == ',')
-                .find(|w| w.starts_with("--"))
-        })
+        .filter_map(|l| l.split([' ', ',']).find(|w| w.starts_with("--")))
         .map(|w| {
             w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
                 .to_string()
