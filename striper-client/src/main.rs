@@ -14,7 +14,7 @@ use pipes::proto::handshake::short_id;
 use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
 use striper_core::config::{join_addrs, log_fd_limit, resolve};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::{
@@ -70,6 +70,9 @@ struct Opts {
     stripes: u8,
 
     #[command(flatten)]
+    config: ConfigOpts,
+
+    #[command(flatten)]
     auth: AuthOpts,
 
     #[command(flatten)]
@@ -79,7 +82,15 @@ struct Opts {
 const NAME: &str = "stripe-client";
 
 fn main() -> ExitCode {
-    let mut opts = Opts::parse();
+    let args =
+        match striper_core::cfgfile::with_config(std::env::args_os().collect(), &Opts::command()) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let mut opts = Opts::parse_from(args);
     if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
         return code;
     }

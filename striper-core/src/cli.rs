@@ -105,6 +105,18 @@ pub struct AuthOpts {
     pub insecure_no_auth: bool,
 }
 
+/// `--config FILE` (read before the command line is parsed, see
+/// [`crate::cfgfile`]); here so that it is accepted and documented.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigOpts {
+    /// Read settings from FILE, TOML: each key is a long option and its
+    /// value the option's (`window = "8M"`, `stripes = 8`,
+    /// `insecure-no-auth = true`, a list for a repeatable one). Options on
+    /// the command line override the file; an unknown key is an error.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 /// Subcommands both binaries share.
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {

@@ -8,6 +8,7 @@
 //! configuration.
 
 pub mod bridge;
+pub mod cfgfile;
 pub mod cli;
 pub mod config;
 pub mod daemon;

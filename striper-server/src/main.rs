@@ -18,7 +18,7 @@ use pipes::proto::handshake::{ClientHello, Kind, Secret, SessionId, Status, shor
 use pipes::proto::noise::Keys;
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::cli::{AuthOpts, Command, TuningOpts};
+use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
 use striper_core::config::{join_addrs, log_fd_limit, parse_secs, parse_size, resolve};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::reactor::TICK;
@@ -92,6 +92,9 @@ struct Opts {
     handshake_timeout: Duration,
 
     #[command(flatten)]
+    config: ConfigOpts,
+
+    #[command(flatten)]
     auth: AuthOpts,
 
     #[command(flatten)]
@@ -102,7 +105,15 @@ struct Opts {
 const FINISHED_MEMORY: usize = 65_536;
 
 fn main() -> ExitCode {
-    let mut opts = Opts::parse();
+    let args =
+        match striper_core::cfgfile::with_config(std::env::args_os().collect(), &Opts::command()) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let mut opts = Opts::parse_from(args);
     if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
         return code;
     }
