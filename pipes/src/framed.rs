@@ -205,10 +205,6 @@ impl FramedPipe {
         self.flush()
     }
 
-    /// Nothing to do: the payload was copied when the record was sealed.
-    /// (Kept so the striped pipe can release stale pins the same way.)
-    pub fn detach_payload(&mut self) {}
-
     /// Writes what is queued. Returns true when nothing is left.
     pub fn flush(&mut self) -> Result<bool, PipeError> {
         while !self.raw_out.is_empty() {

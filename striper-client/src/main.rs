@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
@@ -82,19 +82,10 @@ struct Opts {
 const NAME: &str = "stripe-client";
 
 fn main() -> ExitCode {
-    let args =
-        match striper_core::cfgfile::with_config(std::env::args_os().collect(), &Opts::command()) {
-            Ok(args) => args,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let mut opts = Opts::parse_from(args);
-    if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
-        return code;
+    match striper_core::cli::parse::<Opts>(|o| &o.command) {
+        Ok(mut opts) => pipes::config::main(opts.command.take(), || run(opts)),
+        Err(code) => code,
     }
-    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {

@@ -4,6 +4,7 @@
 //! its own options.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -142,14 +143,28 @@ pub enum Command {
     },
 }
 
+/// The program's options, parsed from its command line with the settings
+/// of its `--config FILE` in front; `Err` is the exit status when there is
+/// nothing more to do (a bad config file, or the man page or completions
+/// written).
+pub fn parse<O: clap::Parser>(command: impl FnOnce(&O) -> &Option<Command>) -> Result<O, ExitCode> {
+    let args =
+        crate::cfgfile::with_config(std::env::args_os().collect(), &O::command()).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })?;
+    let opts = O::parse_from(args);
+    match generate(command(&opts), O::command) {
+        Some(code) => Err(code),
+        None => Ok(opts),
+    }
+}
+
 /// Runs the subcommands that need the program's own command-line
 /// definition (`app`): the man page and the completion scripts, generated
 /// from the same clap definitions as `--help`, so they never drift. `None`
 /// for any other subcommand (or none).
-pub fn generate(
-    command: &Option<Command>,
-    app: impl FnOnce() -> clap::Command,
-) -> Option<std::process::ExitCode> {
+fn generate(command: &Option<Command>, app: impl FnOnce() -> clap::Command) -> Option<ExitCode> {
     let result = match command {
         Some(Command::Man { dir }) => man_page(app(), dir),
         Some(Command::Completions { shell, dir }) => {
@@ -168,10 +183,10 @@ pub fn generate(
         _ => return None,
     };
     Some(match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::from(2)
+            ExitCode::from(2)
         }
     })
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
@@ -105,19 +105,10 @@ struct Opts {
 const FINISHED_MEMORY: usize = 65_536;
 
 fn main() -> ExitCode {
-    let args =
-        match striper_core::cfgfile::with_config(std::env::args_os().collect(), &Opts::command()) {
-            Ok(args) => args,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let mut opts = Opts::parse_from(args);
-    if let Some(code) = striper_core::cli::generate(&opts.command, Opts::command) {
-        return code;
+    match striper_core::cli::parse::<Opts>(|o| &o.command) {
+        Ok(mut opts) => pipes::config::main(opts.command.take(), || run(opts)),
+        Err(code) => code,
     }
-    pipes::config::main(opts.command.take(), || run(opts))
 }
 
 enum ServerTask {
@@ -290,7 +281,7 @@ impl Server {
     /// for anyone (`None`), as [`Admission::victim`] chooses.
     fn evict(&mut self, for_peer: Option<SocketAddr>) -> bool {
         let now = Instant::now();
-        let candidates = self.reactor.iter_mut().filter_map(|(slot, t)| match t {
+        let candidates = self.reactor.iter().filter_map(|(slot, t)| match t {
             ServerTask::Handshake(h) => Some(Candidate {
                 slot,
                 peer: h.peer(),
@@ -299,10 +290,7 @@ impl Server {
             }),
             ServerTask::Session(_) => None,
         });
-        let Some(victim) =
-            self.admission
-                .victim(for_peer, now, candidates.collect::<Vec<_>>().into_iter())
-        else {
+        let Some(victim) = self.admission.victim(for_peer, now, candidates) else {
             return false;
         };
         let Some(ServerTask::Handshake(h)) = self.reactor.remove(victim.slot) else {

@@ -1,7 +1,7 @@
 //! The client's side of a stripe handshake, without IO: bytes to send out,
 //! the server's bytes in, a verdict.
 
-use super::{ClientHello, HandshakeError, Kind, Secret, ServerHello, Status};
+use super::{ClientHello, HandshakeError, Secret, ServerHello, Status};
 use crate::proto::auth::Key;
 use crate::proto::noise::{Initiator, Keys, NoiseError, SERVER_ANSWER_LEN};
 
@@ -28,7 +28,6 @@ pub enum ClientStep {
 
 pub struct ClientHandshake {
     init: Option<Initiator>,
-    join: bool,
     secret: Secret,
 }
 
@@ -39,15 +38,9 @@ impl ClientHandshake {
         let (init, first) = Initiator::start(key.bytes(), &hello.encode(), None);
         let hs = ClientHandshake {
             init: Some(init),
-            join: hello.kind == Kind::Join,
             secret,
         };
         (hs, first)
-    }
-
-    /// The hello was a JOIN (a refusal then means the session is gone).
-    pub fn is_join(&self) -> bool {
-        self.join
     }
 
     /// Bytes of the server's answer, consumed once it is not

@@ -535,10 +535,9 @@ impl Session {
     }
 
     /// Stripes whose half-written frame holds bytes the peer has already
-    /// acknowledged (it got them from a copy on another stripe). The IO side
-    /// should copy the rest of that frame out of the send buffer
-    /// ([`crate::framed::FramedPipe::detach_payload`]) and call
-    /// [`Session::frame_written`], so the buffer can let go of them.
+    /// acknowledged (it got them from a copy on another stripe). Once the
+    /// IO side holds its own copy of that frame (a sealed record does), it
+    /// calls [`Session::frame_written`], so the buffer can let go of them.
     pub fn stale_pins(&self) -> impl Iterator<Item = usize> + '_ {
         self.send.stale_pins()
     }
