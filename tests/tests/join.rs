@@ -164,16 +164,7 @@ fn a_stripe_without_the_session_secret_cannot_join() {
     assert_eq!(server.count_log(" opened: "), 1, "one session opened");
     assert_eq!(target.accepted(), 1, "one target connection");
     // The target read the genuine bytes, exactly, and the session's end.
-    let seen = target.wait_reports(1, LOG_WAIT)[0]
-        .received
-        .clone()
-        .unwrap();
-    assert!(seen.eof && seen.error.is_none(), "{seen:?}");
-    assert_eq!(
-        seen.digest,
-        digest(&[first, second].concat()),
-        "at the target"
-    );
+    target.assert_read_exactly(&[first, second].concat(), LOG_WAIT);
     server.assert_healthy();
     eprintln!("genuine session: {line}");
 }

@@ -143,6 +143,18 @@ impl Target {
         g.iter().map(|(_, r)| r.clone()).collect()
     }
 
+    /// Waits for the first connection's handler and asserts that it read
+    /// exactly `want`, then a clean end of stream.
+    #[track_caller]
+    pub fn assert_read_exactly(&self, want: &[u8], timeout: Duration) {
+        let seen = self.wait_reports(1, timeout)[0]
+            .received
+            .clone()
+            .expect("the handler reads");
+        assert!(seen.eof && seen.error.is_none(), "{seen:?}");
+        assert_eq!(seen.digest, super::digest(want), "at the target");
+    }
+
     /// Waits until at least `n` connections have been accepted.
     pub fn wait_accepted(&self, n: usize, timeout: Duration) -> bool {
         poll_until(timeout, Duration::from_millis(1), || self.accepted() >= n)
