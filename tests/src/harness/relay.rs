@@ -31,14 +31,17 @@ pub struct Relay {
 
 impl Relay {
     /// Relays to `upstream`, keeping the first `keep` bytes of each
-    /// connection each way; `flip` = (connection number, offset in its
-    /// client-to-server bytes) of one byte to flip on the way.
-    pub fn start(upstream: SocketAddr, keep: usize, flip: Option<(usize, u64)>) -> Relay {
+    /// connection each way. With `flip`, one byte is flipped on the way: at
+    /// that offset of the client-to-server bytes of the first connection
+    /// that carries that far (which stripe carries how much is the
+    /// scheduler's choice, so no one connection is sure to).
+    pub fn start(upstream: SocketAddr, keep: usize, flip: Option<u64>) -> Relay {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = l.local_addr().unwrap();
         let conns: Conns = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (c, st) = (conns.clone(), stop.clone());
+        let flipped = Arc::new(AtomicBool::new(false));
         spawn_small("relay-accept", move || {
             for conn in l.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -53,7 +56,7 @@ impl Relay {
                     g.push(Recorded::default());
                     g.len() - 1
                 };
-                let at = flip.and_then(|(n, off)| (n == i).then_some(off));
+                let at = flip.map(|off| (off, flipped.clone()));
                 let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
                 let (c1, c2) = (c.clone(), c.clone());
                 spawn_small("relay-up", move || {
@@ -91,12 +94,13 @@ impl Drop for Relay {
 
 /// Copies `from` to `to` until EOF (passed on as a half-close) or an error
 /// (passed on by closing both), recording the first `keep` bytes and
-/// flipping the byte at offset `flip`.
+/// flipping the byte at offset `flip.0` unless `flip.1` says one pump has
+/// flipped a byte already.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     keep: usize,
-    flip: Option<u64>,
+    flip: Option<(u64, Arc<AtomicBool>)>,
     mut record: impl FnMut(&[u8]),
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -112,8 +116,9 @@ fn pump(
                 if k > 0 {
                     record(&buf[..k]);
                 }
-                if let Some(f) = flip
-                    && (at..at + n as u64).contains(&f)
+                if let Some((f, done)) = &flip
+                    && (at..at + n as u64).contains(f)
+                    && !done.swap(true, Ordering::SeqCst)
                 {
                     buf[(f - at) as usize] ^= 0x20;
                 }
