@@ -11,7 +11,7 @@ use striper_core::{ErrorKind, Pipe, PipeError, Readable, Ready};
 
 use crate::framed::{FramedError, FramedPipe, Next};
 use crate::proto::auth::Key;
-use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep, Secret};
+use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep, Kind, Secret};
 use crate::proto::noise::Keys;
 use crate::proto::queue::{PathSample, QueueBounds, QueueLimit};
 use crate::proto::session::Transmit;
@@ -56,36 +56,50 @@ pub struct Stripe {
     queue: QueueLimit,
     /// Client: the handshake in progress.
     handshake: Option<ClientHandshake>,
+    /// Client, while connecting: the handshake and its first message.
+    first_flight: Option<(ClientHandshake, Vec<u8>)>,
     /// Client: whether this connection replaces a lost stripe.
     join: bool,
 }
 
 impl Stripe {
     /// Client: a new connection to the server.
+    ///
+    /// The first flight (the handshake's first message) is computed before
+    /// dialling: the server starts counting a connection's silence when it
+    /// accepts it, and a client opening many sessions at once would
+    /// otherwise make the last of them wait for the key generation of all
+    /// the others between connect and hello.
     pub fn connect(
         cfg: &StripedConfig,
         servers: &[SocketAddr],
         server_name: &str,
-        join: bool,
+        hello: &ClientHello,
+        secret: &Secret,
     ) -> Result<Stripe, PipeError> {
+        let key = cfg.key.clone().unwrap_or_else(Key::none);
+        let first = ClientHandshake::start(hello, &key, *secret);
         let tcp = TcpPipe::connect(
             servers,
             format!("server {server_name}"),
             cfg.connect_timeout,
         )?;
-        Ok(Stripe::new(cfg, tcp, StripeState::Connecting, join))
+        let mut s = Stripe::new(cfg, tcp, StripeState::Connecting);
+        s.join = hello.kind == Kind::Join;
+        s.first_flight = Some(first);
+        Ok(s)
     }
 
     /// Server: a connection whose handshake is done, with its keys.
     pub fn accepted(cfg: &StripedConfig, tcp: TcpPipe, keys: Keys, now: Instant) -> Stripe {
-        let mut s = Stripe::new(cfg, tcp, StripeState::Up, false);
+        let mut s = Stripe::new(cfg, tcp, StripeState::Up);
         s.framed.set_keys(keys);
         s.since = Some(now);
         s.tune(cfg);
         s
     }
 
-    fn new(cfg: &StripedConfig, tcp: TcpPipe, state: StripeState, join: bool) -> Stripe {
+    fn new(cfg: &StripedConfig, tcp: TcpPipe, state: StripeState) -> Stripe {
         let queue = QueueLimit::new(match cfg.unsent {
             UnsentLimit::Auto(b) => b,
             UnsentLimit::Fixed(n) => QueueBounds {
@@ -101,7 +115,8 @@ impl Stripe {
             last_rtt: None,
             queue,
             handshake: None,
-            join,
+            first_flight: None,
+            join: false,
         }
     }
 
@@ -156,15 +171,13 @@ impl Stripe {
         self.framed.inner_mut().on_ready(token, ready);
     }
 
-    /// Client: drives the connect; once connected, sends the hello, to be
-    /// confirmed with the session's `secret`.
+    /// Client: drives the connect; once connected, sends the hello (made
+    /// at [`Stripe::connect`]).
     pub fn poll_connect(
         &mut self,
         cfg: &StripedConfig,
         registry: &Registry,
         now: Instant,
-        hello: impl FnOnce(bool) -> ClientHello,
-        secret: &Secret,
     ) -> Result<(), PipeError> {
         self.since.get_or_insert(now);
         self.framed.inner_mut().poll_connect(registry, now)?;
@@ -172,10 +185,7 @@ impl Stripe {
             return Ok(());
         }
         self.tune(cfg);
-        let hello = hello(self.join);
-        self.join = hello.kind == crate::proto::handshake::Kind::Join;
-        let key = cfg.key.clone().unwrap_or_else(Key::none);
-        let (hs, bytes) = ClientHandshake::start(&hello, &key, *secret);
+        let (hs, bytes) = self.first_flight.take().expect("made when dialling");
         self.framed.queue_raw(&bytes);
         self.handshake = Some(hs);
         self.set_state(StripeState::AwaitAnswer, now);

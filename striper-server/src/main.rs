@@ -281,14 +281,20 @@ impl Server {
     /// for anyone (`None`), as [`Admission::victim`] chooses.
     fn evict(&mut self, for_peer: Option<SocketAddr>) -> bool {
         let now = Instant::now();
+        // Young handshakes are never chosen; skipping them here spares their
+        // FIONREAD (at the limit this runs for every new connection).
         let candidates = self.reactor.iter().filter_map(|(slot, t)| match t {
-            ServerTask::Handshake(h) => Some(Candidate {
-                slot,
-                peer: h.peer(),
-                accepted_at: h.accepted_at(),
-                silent: h.is_silent(),
-            }),
-            ServerTask::Session(_) => None,
+            ServerTask::Handshake(h)
+                if now.saturating_duration_since(h.accepted_at()) >= admission::SILENT_AFTER =>
+            {
+                Some(Candidate {
+                    slot,
+                    peer: h.peer(),
+                    accepted_at: h.accepted_at(),
+                    silent: h.is_silent(),
+                })
+            }
+            _ => None,
         });
         let Some(victim) = self.admission.victim(for_peer, now, candidates) else {
             return false;
@@ -358,6 +364,7 @@ impl Server {
         match h.progress() {
             Progress::Failed { class, why } => self.refuse_once(h.peer(), class, &why),
             Progress::HelloReceived(hello) => {
+                self.admission.authenticated(h.peer(), Instant::now());
                 let status = self.judge(&hello);
                 if let Err(e) = h.answer(
                     status,

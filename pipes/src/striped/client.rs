@@ -41,7 +41,7 @@ impl StripedPipe {
         );
         let mut first_err = None;
         for i in 0..count as usize {
-            match pipe.connect_stripe(false) {
+            match pipe.connect_stripe(i, false) {
                 Ok(s) => pipe.stripes[i] = Some(s),
                 Err(e) => {
                     warn!("{}: stripe {i} could not start connecting: {e}", pipe.label);
@@ -55,8 +55,9 @@ impl StripedPipe {
         Ok(pipe)
     }
 
-    /// A new connection for a stripe.
-    fn connect_stripe(&self, join: bool) -> Result<Stripe, PipeError> {
+    /// A new connection for stripe `i`; `join`: it replaces a lost one of
+    /// an established session.
+    fn connect_stripe(&self, i: usize, join: bool) -> Result<Stripe, PipeError> {
         let Role::Client {
             servers,
             server_name,
@@ -64,7 +65,19 @@ impl StripedPipe {
         else {
             unreachable!("only clients dial");
         };
-        Stripe::connect(&self.cfg, servers, server_name, join)
+        let hello = ClientHello {
+            kind: if join && self.established {
+                Kind::Join
+            } else {
+                Kind::Open
+            },
+            index: i as u8,
+            count: self.stripes.len() as u8,
+            session: self.id,
+            window: self.cfg.session.window,
+            max_payload: self.cfg.session.max_payload,
+        };
+        Stripe::connect(&self.cfg, servers, server_name, &hello, &self.secret)
     }
 
     /// Plans the next connection for stripe `i`, with exponential backoff
@@ -96,7 +109,7 @@ impl StripedPipe {
             }
             self.redial[i].at = None;
             let span = self.span.expect("registered");
-            let dialed = self.connect_stripe(true).and_then(|mut s| {
+            let dialed = self.connect_stripe(i, true).and_then(|mut s| {
                 s.register(registry, span.token(i))
                     .map_err(|e| PipeError::io("stripe", &e))?;
                 Ok(s)
@@ -127,24 +140,8 @@ impl StripedPipe {
         };
         match state {
             StripeState::Connecting => {
-                let established = self.established;
-                let template = ClientHello {
-                    kind: Kind::Open,
-                    index: i as u8,
-                    count: self.stripes.len() as u8,
-                    session: self.id,
-                    window: self.cfg.session.window,
-                    max_payload: self.cfg.session.max_payload,
-                };
-                let hello = |join: bool| {
-                    let mut h = template;
-                    if join && established {
-                        h.kind = Kind::Join;
-                    }
-                    h
-                };
                 let s = self.stripes[i].as_mut().expect("present");
-                s.poll_connect(&self.cfg, registry, now, hello, &self.secret)?;
+                s.poll_connect(&self.cfg, registry, now)?;
                 if s.state() == StripeState::AwaitAnswer {
                     debug!("{}: stripe {i} connected", self.label);
                 }
