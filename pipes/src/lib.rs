@@ -14,6 +14,7 @@ mod buf;
 pub mod config;
 pub mod framed;
 pub mod keyfile;
+pub mod path;
 pub mod report;
 pub mod stripe;
 pub mod striped;

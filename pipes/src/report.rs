@@ -10,7 +10,8 @@ use crate::proto::handshake::short_id;
 use crate::striped::StripedPipe;
 
 /// Logs "session ID closed after T s: A <-> B, N stripes, AB X, BA Y;
-/// why" (with the session's faults, if any, before the `;`) under `target`,
+/// why" (with the session's faults, if any, and with several paths each
+/// path's DATA bytes out and in, before the `;`) under `target`,
 /// as a warning if the session failed. `ends` names the bridge's sides A
 /// and B; `directions` names the bytes relayed from A to B and from B to A
 /// (the client's "sent", "received"). `striped` is whichever side that is.
@@ -31,7 +32,7 @@ pub fn log_close<A: Pipe, B: Pipe>(
     log::log!(
         target: target,
         level,
-        "session {} closed after {:.1} s: {} <-> {}, {} stripes, {} {}, {} {}{}; {why}",
+        "session {} closed after {:.1} s: {} <-> {}, {} stripes, {} {}, {} {}{}{}; {why}",
         short_id(striped.id()),
         started.elapsed().as_secs_f64(),
         ends[0],
@@ -42,5 +43,6 @@ pub fn log_close<A: Pipe, B: Pipe>(
         directions[1],
         human_bytes(ba),
         stats.fault_summary(),
+        striped.path_summary(),
     );
 }

@@ -2,7 +2,6 @@
 //! it (its handshake, its state, its unsent limit). The striped pipe
 //! composes stripes and never reaches into their sockets.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -10,6 +9,7 @@ use mio::{Registry, Token};
 use striper_core::{ErrorKind, Pipe, PipeError, Readable, Ready};
 
 use crate::framed::{FramedError, FramedPipe, Next};
+use crate::path::PathSpec;
 use crate::proto::auth::Key;
 use crate::proto::handshake::{ClientHandshake, ClientHello, ClientStep, Kind, Secret};
 use crate::proto::noise::Keys;
@@ -63,7 +63,7 @@ pub struct Stripe {
 }
 
 impl Stripe {
-    /// Client: a new connection to the server.
+    /// Client: a new connection to the server along `path`.
     ///
     /// The first flight (the handshake's first message) is computed before
     /// dialling: the server starts counting a connection's silence when it
@@ -72,16 +72,16 @@ impl Stripe {
     /// the others between connect and hello.
     pub fn connect(
         cfg: &StripedConfig,
-        servers: &[SocketAddr],
-        server_name: &str,
+        path: &PathSpec,
         hello: &ClientHello,
         secret: &Secret,
     ) -> Result<Stripe, PipeError> {
         let key = cfg.key.clone().unwrap_or_else(Key::none);
         let first = ClientHandshake::start(hello, &key, *secret);
-        let tcp = TcpPipe::connect(
-            servers,
-            format!("server {server_name}"),
+        let tcp = TcpPipe::connect_via(
+            &path.servers,
+            &path.via,
+            format!("server {}", path.server_name),
             cfg.connect_timeout,
         )?;
         let mut s = Stripe::new(cfg, tcp, StripeState::Connecting);

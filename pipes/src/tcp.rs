@@ -10,6 +10,7 @@ use mio::{Interest, Registry, Token};
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
 use crate::buf::ReadBuf;
+use crate::path::{Via, dial};
 
 /// Default cap of a TCP pipe's read buffer.
 pub const READ_BUF_MAX: usize = 64 * 1024;
@@ -30,6 +31,8 @@ pub struct TcpPipe {
     connect_timeout: Duration,
     /// Addresses still to try if the current connect fails.
     fallback: Vec<SocketAddr>,
+    /// Where a connect leaves from (the fallback addresses too).
+    via: Via,
     readable: bool,
     writable: bool,
     rbuf: ReadBuf,
@@ -56,16 +59,28 @@ impl TcpPipe {
         name: String,
         timeout: Duration,
     ) -> Result<TcpPipe, PipeError> {
+        TcpPipe::connect_via(addrs, &Via::Default, name, timeout)
+    }
+
+    /// [`TcpPipe::connect`] leaving by `via` (a source address or an
+    /// interface), for every address it tries.
+    pub fn connect_via(
+        addrs: &[SocketAddr],
+        via: &Via,
+        name: String,
+        timeout: Duration,
+    ) -> Result<TcpPipe, PipeError> {
         let mut last = None;
         for (k, &addr) in addrs.iter().enumerate() {
-            match TcpStream::connect(addr) {
+            match dial(addr, via, &name) {
                 Ok(sock) => {
                     let mut p = TcpPipe::new(sock, name, State::Connecting { since: None });
                     p.connect_timeout = timeout;
                     p.fallback = addrs[k + 1..].to_vec();
+                    p.via = via.clone();
                     return Ok(p);
                 }
-                Err(e) => last = Some(PipeError::io(&name, &e)),
+                Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| PipeError::about(ErrorKind::Connect, &name, "has no address")))
@@ -79,6 +94,7 @@ impl TcpPipe {
             state,
             connect_timeout: Duration::from_secs(10),
             fallback: Vec::new(),
+            via: Via::Default,
             // Edge-triggered: assume ready until the socket says otherwise.
             readable: true,
             writable: true,
@@ -149,7 +165,7 @@ impl TcpPipe {
                 }
                 while !self.fallback.is_empty() {
                     let addr = self.fallback.remove(0);
-                    let Ok(mut sock) = TcpStream::connect(addr) else {
+                    let Ok(mut sock) = dial(addr, &self.via, &self.name) else {
                         continue;
                     };
                     if let Some(t) = self.token {

@@ -24,6 +24,7 @@ fn vectors() -> Vec<(&'static str, String)> {
         session: [0x5a; 16],
         window: 32 << 20,
         max_payload: 256 << 10,
+        backup: false,
     };
     let (init, first) = Initiator::start(&psk, &hello.encode(), Some(&e_client));
     let (resp, fields) =

@@ -10,12 +10,13 @@ use clap::Parser;
 use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
-use pipes::proto::handshake::short_id;
+use pipes::path::{self, PathSpec};
+use pipes::proto::handshake::{MAX_STRIPES, short_id};
 use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
 use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
-use striper_core::config::{join_addrs, log_fd_limit, resolve};
+use striper_core::config::{join_addrs, log_fd_limit};
 use striper_core::daemon::{Daemon, Service};
 use striper_core::{
     Bridge, Ctx, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
@@ -28,10 +29,19 @@ use striper_core::{
 /// the server and reassembled in order there. Per-flow bandwidth caps on the
 /// path then apply to each stripe, not to the whole session.
 ///
+/// Several links (bonding): with --via (a local address or interface,
+/// repeatable) and several --server, the stripes go over every (via,
+/// server) pair, a path, --stripes of them per path. A path that dies
+/// loses its stripes, its data goes out on the others, and it is re-dialed
+/// until it is back; a path marked :backup carries data only while no
+/// primary path is up.
+///
 /// Examples:
 ///   stripe-client --listen 127.0.0.1:2222 --server host:7900 --stripes 4
 ///   ssh -p 2222 user@127.0.0.1
 ///   ssh -o ProxyCommand='stripe-client --stdio --server host:7900' user@host
+///   stripe-client --listen 127.0.0.1:2222 --server host:7900 \
+///       --via 192.168.1.20 --via wwan0:backup
 ///
 /// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
 #[derive(Parser, Debug)]
@@ -61,10 +71,22 @@ struct Opts {
     stdio: bool,
 
     /// The stripe-server, HOST:PORT (a name, an IPv4 address or [IPv6]:PORT).
-    #[arg(short, long, value_name = "HOST:PORT", required = true)]
-    server: Option<String>,
+    /// Repeat it for a server with several addresses (each is a path);
+    /// HOST:PORT:backup marks a backup path.
+    #[arg(short, long, value_name = "HOST:PORT[:backup]", required = true)]
+    server: Vec<String>,
 
-    /// Parallel TCP connections per session.
+    /// Send stripes out by this local source address or interface (an
+    /// interface needs CAP_NET_RAW: SO_BINDTODEVICE). Repeat it for each
+    /// link; ADDR:backup or IFACE:backup (IPv6 bare or in brackets,
+    /// [2001:db8::1]:backup) marks a backup link, which stays connected but
+    /// carries data only while no primary path is up. Default: the route
+    /// the system picks, one path per --server.
+    #[arg(long, value_name = "ADDR|IFACE[:backup]")]
+    via: Vec<String>,
+
+    /// Parallel TCP connections per session on each path (paths x N in
+    /// all, at most 64; the server's --max-stripes must allow it).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=64))]
     stripes: u8,
@@ -93,25 +115,44 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     if cfg.key.is_none() {
         warn!("running WITHOUT authentication (--insecure-no-auth): the server is not verified");
     }
-    let server_name = opts.server.clone().expect("required");
-    let server_addrs = resolve("server", &server_name)?;
+    let paths = path::build(&opts.via, &opts.server)?;
+    let total = paths.len() * opts.stripes as usize;
+    if total > MAX_STRIPES as usize {
+        return Err(format!(
+            "{} paths x --stripes {} = {total} stripes per session; at most {MAX_STRIPES}: \
+             lower --stripes",
+            paths.len(),
+            opts.stripes
+        ));
+    }
     let server = Server {
-        addrs: server_addrs,
-        name: server_name,
+        paths,
+        name: opts.server.join(", "),
     };
     if opts.stdio {
         return run_stdio(cfg, &server, opts.stripes);
     }
     let listen = opts.listen.expect("clap requires --listen without --stdio");
-    log_fd_limit(opts.stripes as u64, None);
+    log_fd_limit(total as u64, None);
     let reactor = Reactor::new().map_err(|e| e.to_string())?;
     let (daemon, local) = Daemon::listen(reactor.registry(), &listen)?;
-    info!(
-        "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
-        server.name,
-        join_addrs(&server.addrs),
-        opts.stripes
-    );
+    if let [p] = server.paths.as_slice() {
+        info!(
+            "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
+            p.server_name,
+            join_addrs(&p.servers),
+            opts.stripes
+        );
+    } else {
+        info!(
+            "listening on {local}, carrying each connection over {} paths x {} stripes",
+            server.paths.len(),
+            opts.stripes
+        );
+        for p in &server.paths {
+            info!("  path {}: server {}", p.label(), join_addrs(&p.servers));
+        }
+    }
     daemon.serve(Listening {
         reactor,
         cfg,
@@ -142,8 +183,10 @@ fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCod
 }
 
 struct Server {
-    /// Every address the name resolved to; stripes try them in turn.
-    addrs: Vec<SocketAddr>,
+    /// Every (via, server) pair; each path's stripes try its server's
+    /// addresses in turn.
+    paths: Vec<PathSpec>,
+    /// The servers as given, for logs.
     name: String,
 }
 
@@ -244,9 +287,15 @@ impl<P: Pipe> Tunnel<P> {
         stripes: u8,
     ) -> Result<Tunnel<P>, PipeError> {
         let id = new_session_id();
-        let striped = StripedPipe::client(cfg.clone(), &server.addrs, &server.name, stripes, id)?;
+        let striped = StripedPipe::client(cfg.clone(), server.paths.clone(), stripes, id)?;
+        let n = server.paths.len();
+        let over = if n == 1 {
+            format!("{stripes} stripes")
+        } else {
+            format!("{n} paths x {stripes} stripes")
+        };
         info!(
-            "session {} opened: {peer} -> server {} over {stripes} stripes",
+            "session {} opened: {peer} -> server {} over {over}",
             short_id(&id),
             server.name
         );

@@ -454,6 +454,7 @@ impl Server {
         if let Err(e) = s.bridge.a_mut().add_stripe(
             registry,
             hello.index,
+            hello.backup,
             h.into_tcp(),
             (keys, &secret),
             Instant::now(),

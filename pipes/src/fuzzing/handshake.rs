@@ -46,6 +46,7 @@ fn hello() -> ClientHello {
         session: [9; 16],
         window: MIN_WINDOW,
         max_payload: MIN_MAX_PAYLOAD,
+        backup: false,
     }
 }
 

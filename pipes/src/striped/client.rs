@@ -2,7 +2,6 @@
 //! re-dialling lost ones with backoff, and the error when the server was
 //! never reached.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -10,8 +9,11 @@ use mio::Registry;
 use rand::RngExt;
 use striper_core::{ErrorKind, PipeError};
 
-use super::{Role, StripedConfig, StripedPipe};
-use crate::proto::handshake::{ClientHello, ClientStep, Kind, SECRET_LEN, SessionId, Status};
+use super::{Paths, Role, StripedConfig, StripedPipe};
+use crate::path::PathSpec;
+use crate::proto::handshake::{
+    ClientHello, ClientStep, Kind, MAX_STRIPES, SECRET_LEN, SessionId, Status,
+};
 use crate::stripe::{Stripe, StripeState};
 
 /// First re-dial delay; doubles per failed attempt up to the maximum.
@@ -19,32 +21,50 @@ const REDIAL_BASE: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
 impl StripedPipe {
-    /// A client session: starts connecting `count` stripes to `server`.
+    /// A client session: starts connecting `per_path` stripes on each of
+    /// `paths` (stripes `k * per_path ..` are path `k`'s).
     pub fn client(
         cfg: StripedConfig,
-        servers: &[SocketAddr],
-        server_name: &str,
-        count: u8,
+        paths: Vec<PathSpec>,
+        per_path: u8,
         id: SessionId,
     ) -> Result<StripedPipe, PipeError> {
+        let count = paths.len() * per_path as usize;
+        if count == 0 || count > MAX_STRIPES as usize {
+            return Err(PipeError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "{} path(s) x {per_path} stripes = {count} stripes; a session has 1 to \
+                     {MAX_STRIPES}",
+                    paths.len()
+                ),
+            ));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for p in &paths {
+            if !names.contains(&p.server_name.as_str()) {
+                names.push(&p.server_name);
+            }
+        }
+        let server_name = names.join(", ");
         let mut secret = [0u8; SECRET_LEN];
         fill_from_os(&mut secret);
-        let mut pipe = StripedPipe::new(
-            Role::Client {
-                servers: servers.to_vec(),
-                server_name: server_name.to_string(),
-            },
-            cfg,
-            id,
-            secret,
-            count as usize,
-        );
+        let mut pipe = StripedPipe::new(Role::Client { server_name }, cfg, id, secret, count);
+        pipe.paths = Paths::new(paths, per_path as usize);
+        for i in 0..count {
+            let backup = pipe.paths.spec_of(i).backup;
+            pipe.session.set_stripe_backup(i, backup);
+        }
         let mut first_err = None;
-        for i in 0..count as usize {
+        for i in 0..count {
             match pipe.connect_stripe(i, false) {
                 Ok(s) => pipe.stripes[i] = Some(s),
                 Err(e) => {
-                    warn!("{}: stripe {i} could not start connecting: {e}", pipe.label);
+                    warn!(
+                        "{}: {} could not start connecting: {e}",
+                        pipe.label,
+                        pipe.paths.name_stripe(i)
+                    );
                     first_err.get_or_insert(e);
                 }
             }
@@ -55,16 +75,10 @@ impl StripedPipe {
         Ok(pipe)
     }
 
-    /// A new connection for stripe `i`; `join`: it replaces a lost one of
-    /// an established session.
+    /// A new connection for stripe `i` along its path; `join`: it replaces
+    /// a lost one of an established session.
     fn connect_stripe(&self, i: usize, join: bool) -> Result<Stripe, PipeError> {
-        let Role::Client {
-            servers,
-            server_name,
-        } = &self.role
-        else {
-            unreachable!("only clients dial");
-        };
+        let path = self.paths.spec_of(i);
         let hello = ClientHello {
             kind: if join && self.established {
                 Kind::Join
@@ -76,8 +90,9 @@ impl StripedPipe {
             session: self.id,
             window: self.cfg.session.window,
             max_payload: self.cfg.session.max_payload,
+            backup: path.backup,
         };
-        Stripe::connect(&self.cfg, servers, server_name, &hello, &self.secret)
+        Stripe::connect(&self.cfg, path, &hello, &self.secret)
     }
 
     /// Plans the next connection for stripe `i`, with exponential backoff
@@ -166,6 +181,7 @@ impl StripedPipe {
                         s.set_state(StripeState::Up, now);
                         self.session.stripe_up(i, now);
                         self.stripe_accepted(i, join, window, max_payload, now);
+                        self.note_path_up(i, now);
                     }
                     ClientStep::Refused(Status::UnknownSession) if join => {
                         // The server has forgotten the session (it timed

@@ -25,23 +25,25 @@
 //!   stripes have all failed: there is no session to resume.
 
 mod client;
+mod paths;
 mod upkeep;
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::{Registry, Token};
 use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 
 pub use crate::config::{StripedConfig, UnsentLimit};
 use crate::framed::{FramedError, Next};
-use crate::proto::frame::ResetReason;
+use crate::proto::frame::{FrameType, ResetReason};
 use crate::proto::handshake::{ClientHello, Secret, SessionId, same_secret, short_id};
 use crate::proto::noise::Keys;
 use crate::proto::session::{Session, SessionError};
 use crate::stripe::{Stripe, StripeState};
 use crate::tcp::TcpPipe;
+use paths::Paths;
 
 pub use client::new_session_id;
 
@@ -59,8 +61,7 @@ struct Redial {
 
 enum Role {
     Client {
-        /// The server's addresses (a name may resolve to several).
-        servers: Vec<SocketAddr>,
+        /// The server as the user named it (several: comma-separated).
         server_name: String,
     },
     Server,
@@ -75,6 +76,8 @@ pub struct StripedPipe {
     cfg: StripedConfig,
     session: Session,
     stripes: Vec<Option<Stripe>>,
+    /// The client's paths (none on the server).
+    paths: Paths,
     redial: Vec<Redial>,
     span: Option<TokenSpan>,
     failed: Option<PipeError>,
@@ -105,6 +108,8 @@ impl StripedPipe {
         peer: &ClientHello,
     ) -> StripedPipe {
         let mut pipe = StripedPipe::new(Role::Server, cfg, id, secret, count as usize);
+        pipe.session
+            .set_stripe_backup(peer.index as usize, peer.backup);
         pipe.session.set_peer_params(peer.window, peer.max_payload);
         pipe.peer_known = true;
         pipe.established = true;
@@ -124,6 +129,7 @@ impl StripedPipe {
             secret,
             session: Session::new(cfg.session.clone(), count),
             stripes: (0..count).map(|_| None).collect(),
+            paths: Paths::default(),
             redial: vec![Redial::default(); count],
             cfg,
             span: None,
@@ -147,9 +153,14 @@ impl StripedPipe {
     /// The server address a client session connects its stripes to.
     pub fn server_addr(&self) -> Option<SocketAddr> {
         match &self.role {
-            Role::Client { servers, .. } => servers.first().copied(),
+            Role::Client { .. } => self.paths.of(0)?.spec.servers.first().copied(),
             Role::Server => None,
         }
+    }
+
+    /// Each path's data each way, for the close line; empty with one path.
+    pub fn path_summary(&self) -> String {
+        self.paths.summary()
     }
 
     pub fn session(&self) -> &Session {
@@ -183,6 +194,7 @@ impl StripedPipe {
         &mut self,
         registry: &Registry,
         index: u8,
+        backup: bool,
         tcp: TcpPipe,
         (keys, secret): (Keys, &Secret),
         now: Instant,
@@ -217,6 +229,7 @@ impl StripedPipe {
             );
             self.session.stripe_down(i);
         }
+        self.session.set_stripe_backup(i, backup);
         self.session.stripe_up(i, now);
         if replaced || self.session.stats().stripes_lost > 0 {
             self.note_rejoined(i);
@@ -232,9 +245,17 @@ impl StripedPipe {
 
     fn note_rejoined(&mut self, i: usize) {
         self.session.stats_mut().stripes_redialed += 1;
-        info!(
-            "{}: stripe {i} re-joined ({} of {} up)",
+        // With several paths the path's own line says it is back.
+        let level = if self.paths.several() {
+            log::Level::Debug
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            "{}: {} re-joined ({} of {} up)",
             self.label,
+            self.paths.name_stripe(i),
             self.session.stripes_up(),
             self.stripes.len()
         );
@@ -265,16 +286,29 @@ impl StripedPipe {
         self.session.stripe_down(i);
         let left = self.stripes.iter().flatten().count();
         let what = if was_up { "lost" } else { "failed" };
+        // With several paths, a path that dies loses all its stripes at
+        // once: one line for the path, the stripes' at debug level.
+        let level = if self.paths.several() {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        let name = self.paths.name_stripe(i);
         match self.schedule_redial(i, now) {
-            Some(delay) => warn!(
-                "{}: stripe {i} {what}: {err}; {left} stripe(s) left, re-dialing in {} ms",
+            Some(delay) => log::log!(
+                level,
+                "{}: {name} {what}: {err}; {left} stripe(s) left, re-dialing in {} ms",
                 self.label,
                 delay.as_millis()
             ),
-            None => warn!(
-                "{}: stripe {i} {what}: {err}; {left} stripe(s) left",
+            None => log::log!(
+                level,
+                "{}: {name} {what}: {err}; {left} stripe(s) left",
                 self.label
             ),
+        }
+        if was_up {
+            self.note_path_down(i, &err, now);
         }
         self.last_stripe_error = Some(err);
     }
@@ -292,6 +326,9 @@ impl StripedPipe {
             }
             match s.next_frame() {
                 Ok(Next::Frame(f, n)) => {
+                    if f.header.ty == FrameType::Data {
+                        self.paths.count_in(i, f.payload.len() as u64);
+                    }
                     let r = self.session.handle_frame(i, f, now);
                     s.consume_frame(n);
                     if let Err(e) = r {
@@ -410,6 +447,9 @@ impl StripedPipe {
         while let Some(t) = self.session.poll_transmit() {
             let i = t.stripe;
             sent += t.len();
+            if let Some((_, len)) = t.data {
+                self.paths.count_out(i, len as u64);
+            }
             let Some(s) = self.stripes[i].as_mut() else {
                 self.session.stripe_down(i);
                 continue;

@@ -114,8 +114,9 @@ impl StripedPipe {
         for (i, st) in self.stripes.iter().enumerate() {
             let limit = st.as_ref().map_or(0, |st| st.unsent_limit() >> 10);
             debug!(
-                "{}:   stripe {i}: {}, unsent limit {limit} KiB",
+                "{}:   {}: {}, unsent limit {limit} KiB",
                 self.label,
+                self.paths.name_stripe(i),
                 s.describe_stripe(i)
             );
         }

@@ -48,6 +48,7 @@ pub fn hello(kind: Kind, index: u8, count: u8, session: SessionId) -> ClientHell
         session,
         window: WINDOW,
         max_payload: MAX_PAYLOAD,
+        backup: false,
     }
 }
 

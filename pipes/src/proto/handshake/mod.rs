@@ -36,7 +36,7 @@ mod field {
         pub const KIND: usize = 0;
         pub const INDEX: usize = 1;
         pub const COUNT: usize = 2;
-        pub const RESERVED_A: usize = 3;
+        pub const FLAGS: usize = 3;
         pub const SESSION: Range<usize> = 4..20;
         pub const WINDOW: Range<usize> = 20..24;
         pub const MAX_PAYLOAD: Range<usize> = 24..28;
@@ -97,7 +97,13 @@ pub struct ClientHello {
     pub window: u32,
     /// The largest DATA payload the client accepts.
     pub max_payload: u32,
+    /// The stripe is on a backup path: it carries no data while a stripe
+    /// of a primary path is up.
+    pub backup: bool,
 }
+
+/// Bits of the client hello's flags byte; the others must be zero.
+pub const FLAG_BACKUP: u8 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerHello {
@@ -196,6 +202,7 @@ impl ClientHello {
         b[f::KIND] = self.kind as u8;
         b[f::INDEX] = self.index;
         b[f::COUNT] = self.count;
+        b[f::FLAGS] = if self.backup { FLAG_BACKUP } else { 0 };
         b[f::SESSION].copy_from_slice(&self.session);
         b[f::WINDOW].copy_from_slice(&self.window.to_be_bytes());
         b[f::MAX_PAYLOAD].copy_from_slice(&self.max_payload.to_be_bytes());
@@ -227,7 +234,7 @@ impl ClientHello {
                 "max payload below the protocol minimum",
             ));
         }
-        if b[f::RESERVED_A] != 0 || b[f::RESERVED].iter().any(|&x| x != 0) {
+        if b[f::FLAGS] & !FLAG_BACKUP != 0 || b[f::RESERVED].iter().any(|&x| x != 0) {
             return Err(HandshakeError::BadField("reserved bytes"));
         }
         Ok(ClientHello {
@@ -237,6 +244,7 @@ impl ClientHello {
             session: b[f::SESSION].try_into().expect("16"),
             window,
             max_payload,
+            backup: b[f::FLAGS] & FLAG_BACKUP != 0,
         })
     }
 }
@@ -288,6 +296,7 @@ mod tests {
             session: [7; 16],
             window: 8 << 20,
             max_payload: 65536,
+            backup: false,
         }
     }
 
@@ -295,6 +304,17 @@ mod tests {
     fn round_trips() {
         let h = hello();
         assert_eq!(ClientHello::parse(&h.encode()), Ok(h));
+        let b = ClientHello {
+            backup: true,
+            ..hello()
+        };
+        assert_eq!(ClientHello::parse(&b.encode()), Ok(b));
+        let mut raw = b.encode();
+        raw[field::client::FLAGS] |= 2;
+        assert_eq!(
+            ClientHello::parse(&raw),
+            Err(HandshakeError::BadField("reserved bytes"))
+        );
         let s = ServerHello {
             status: Status::Ok,
             window: 1 << 20,

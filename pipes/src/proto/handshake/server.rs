@@ -210,6 +210,7 @@ mod tests {
             session: [1; 16],
             window: 1 << 20,
             max_payload: 1 << 16,
+            backup: false,
         }
     }
 

@@ -50,6 +50,8 @@ struct Stripe {
     rate: RateEstimator,
     rtt: Option<Duration>,
     rst_sent: bool,
+    /// On a backup path: carries data only while no primary stripe is up.
+    backup: bool,
 }
 
 pub struct Session {
@@ -250,12 +252,30 @@ impl Session {
             self.send.stripe_lost(i);
         }
         self.send.frame_written(i);
+        let backup = self.stripes[i].backup;
         self.stripes[i] = Stripe::new(self.cfg.rate_interval);
+        self.stripes[i].backup = backup;
         self.stripes[i].up = true;
         self.stripes[i].writable = true;
         self.keepalive.up(i, now);
         // A new stripe after a loss: tell the peer where we are.
         self.recv.repeat_ack();
+    }
+
+    /// Marks stripe `i` as one of a backup path (or not): the scheduler
+    /// leaves it out while a stripe of a primary path is up. It still
+    /// carries keepalives, so it is known alive when it is needed.
+    pub fn set_stripe_backup(&mut self, i: usize, backup: bool) {
+        if i >= self.stripes.len() {
+            self.stripes
+                .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
+        }
+        self.stripes[i].backup = backup;
+    }
+
+    /// Whether a stripe of a primary path is up (backups then stand by).
+    pub fn primary_up(&self) -> bool {
+        self.stripes.iter().any(|s| s.up && !s.backup)
     }
 
     /// Stripe `i` is gone. Whatever it carried that is not acknowledged will
@@ -644,12 +664,16 @@ impl Session {
     }
 
     fn choose(&mut self, len: u64, avoid: Option<usize>) -> Option<usize> {
+        // Backup stripes stand by while a primary one lives; they take
+        // everything, ACKs included, once none does.
+        let standby = self.primary_up();
+        let usable = |s: &Stripe| s.up && !(s.backup && standby);
         // Never avoid the last stripe standing.
-        let avoid = avoid.filter(|_| self.stripes_up() > 1);
+        let avoid = avoid.filter(|_| self.stripes.iter().filter(|s| usable(s)).count() > 1);
         self.views.clear();
         self.views
             .extend(self.stripes.iter().enumerate().map(|(k, s)| StripeView {
-                up: s.up && Some(k) != avoid,
+                up: usable(s) && Some(k) != avoid,
                 writable: s.writable,
                 // Bytes in flight do not delay a new frame's departure;
                 // only the unsent ones ahead of it do. Counting the flight
@@ -676,6 +700,7 @@ impl Stripe {
             rate: RateEstimator::new(rate_interval),
             rtt: None,
             rst_sent: false,
+            backup: false,
         }
     }
 }

@@ -300,3 +300,44 @@ fn the_send_buffer_is_bounded_by_our_own_window_whatever_the_peer_says() {
     assert_eq!(taken, 1 << 20, "no more than our own 1 MiB window");
     assert!(s.buffer_capacity() <= 1 << 20);
 }
+
+/// A backup stripe gets no DATA (nor ACK) while a primary stripe is up,
+/// even when the primary is full and the backup writable; once the last
+/// primary is down it takes everything, the lost stripe's bytes included.
+#[test]
+fn a_backup_stripe_carries_data_only_when_no_primary_is_up() {
+    let mut s = Session::new(SessionConfig::default(), 2);
+    let t0 = Instant::now();
+    s.set_stripe_backup(1, true);
+    s.stripe_up(0, t0);
+    s.stripe_up(1, t0);
+    assert!(s.primary_up());
+    assert_eq!(s.write(&[7u8; 40_000]), 40_000);
+    let mut on_primary = 0;
+    while let Some(t) = s.poll_transmit() {
+        assert_eq!(t.stripe, 0, "only the primary carries data");
+        on_primary += t.data.map_or(0, |d| d.1);
+        s.frame_written(0);
+    }
+    assert_eq!(on_primary, 40_000);
+    // The primary is full: the backup still waits.
+    s.set_stripe_writable(0, false);
+    assert_eq!(s.write(&[8u8; 1000]), 1000);
+    assert!(s.poll_transmit().is_none(), "the backup stands by");
+    // The primary dies: its unacknowledged bytes and the new ones go out
+    // on the backup.
+    s.stripe_down(0);
+    assert!(!s.primary_up());
+    let mut on_backup = 0;
+    while let Some(t) = s.poll_transmit() {
+        assert_eq!(t.stripe, 1);
+        on_backup += t.data.map_or(0, |d| d.1);
+        s.frame_written(1);
+    }
+    assert_eq!(on_backup, 41_000);
+    // A stripe that comes back on the primary path is primary again.
+    s.stripe_up(0, t0);
+    s.set_stripe_writable(1, true);
+    assert_eq!(s.write(&[9u8; 500]), 500);
+    assert_eq!(s.poll_transmit().expect("data").stripe, 0);
+}

@@ -1,0 +1,187 @@
+//! A client's paths as the striped pipe keeps them: which stripes each one
+//! has, the data it carried each way, and whether it is down. A path's
+//! stripes are a contiguous run of indices (`--stripes` of them), so the
+//! server, which knows nothing of paths, sees one session of paths × N
+//! stripes.
+//!
+//! Events are logged per path, not per stripe: a path that dies loses all
+//! its stripes at once, and one line says so.
+
+use std::time::Instant;
+
+use log::{info, warn};
+use striper_core::PipeError;
+use striper_core::config::human_bytes;
+
+use super::StripedPipe;
+use crate::path::PathSpec;
+use crate::proto::session::Session;
+
+pub(super) struct PathState {
+    pub(super) spec: PathSpec,
+    label: String,
+    /// Payload bytes of DATA frames sent on the path's stripes (re-sends
+    /// included) and received on them.
+    bytes_out: u64,
+    bytes_in: u64,
+    /// Since when no stripe of the path has been up (after it was once).
+    down_since: Option<Instant>,
+    ever_up: bool,
+}
+
+/// The client's paths; empty on the server.
+#[derive(Default)]
+pub(super) struct Paths {
+    list: Vec<PathState>,
+    per_path: usize,
+}
+
+impl Paths {
+    pub(super) fn new(specs: Vec<PathSpec>, per_path: usize) -> Paths {
+        Paths {
+            list: specs
+                .into_iter()
+                .map(|spec| PathState {
+                    label: spec.label(),
+                    spec,
+                    bytes_out: 0,
+                    bytes_in: 0,
+                    down_since: None,
+                    ever_up: false,
+                })
+                .collect(),
+            per_path,
+        }
+    }
+
+    /// More than one path: events are logged per path.
+    pub(super) fn several(&self) -> bool {
+        self.list.len() > 1
+    }
+
+    pub(super) fn of(&self, stripe: usize) -> Option<&PathState> {
+        self.list.get(stripe / self.per_path.max(1))
+    }
+
+    fn index_of(&self, stripe: usize) -> Option<usize> {
+        (stripe / self.per_path.max(1) < self.list.len()).then(|| stripe / self.per_path)
+    }
+
+    pub(super) fn spec_of(&self, stripe: usize) -> &PathSpec {
+        &self.of(stripe).expect("client stripes have a path").spec
+    }
+
+    /// "stripe 3" with one path; "stripe 3 (path 127.0.0.2->h:7900)" with
+    /// several.
+    pub(super) fn name_stripe(&self, stripe: usize) -> String {
+        match self.of(stripe) {
+            Some(p) if self.several() => format!("stripe {stripe} (path {})", p.label),
+            _ => format!("stripe {stripe}"),
+        }
+    }
+
+    pub(super) fn count_out(&mut self, stripe: usize, n: u64) {
+        if let Some(k) = self.index_of(stripe) {
+            self.list[k].bytes_out += n;
+        }
+    }
+
+    pub(super) fn count_in(&mut self, stripe: usize, n: u64) {
+        if let Some(k) = self.index_of(stripe) {
+            self.list[k].bytes_in += n;
+        }
+    }
+
+    fn stripes_up(&self, k: usize, session: &Session) -> usize {
+        let from = k * self.per_path;
+        (from..from + self.per_path)
+            .filter(|&i| session.is_stripe_up(i))
+            .count()
+    }
+
+    fn paths_up(&self, session: &Session) -> usize {
+        (0..self.list.len())
+            .filter(|&k| self.stripes_up(k, session) > 0)
+            .count()
+    }
+
+    /// For the close line: each path's data each way, e.g. "; paths:
+    /// 127.0.0.2->h:7900 out 10.0 MiB in 2.0 KiB, ...". Empty with one
+    /// path (the line's totals say it all).
+    pub(super) fn summary(&self) -> String {
+        if !self.several() {
+            return String::new();
+        }
+        let each: Vec<String> = self
+            .list
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} out {} in {}",
+                    p.label,
+                    human_bytes(p.bytes_out),
+                    human_bytes(p.bytes_in)
+                )
+            })
+            .collect();
+        format!(" [paths: {}]", each.join(", "))
+    }
+}
+
+impl StripedPipe {
+    /// Stripe `i` came up: if its path had none, the path is up (or back).
+    pub(super) fn note_path_up(&mut self, i: usize, now: Instant) {
+        let Some(k) = self.paths.index_of(i) else {
+            return;
+        };
+        if !self.paths.several() || self.paths.stripes_up(k, &self.session) != 1 {
+            return;
+        }
+        let up = self.paths.paths_up(&self.session);
+        let total = self.paths.list.len();
+        let p = &mut self.paths.list[k];
+        match p.down_since.take() {
+            Some(since) => info!(
+                "{}: path {} is back after {:.1} s ({up} of {total} paths up)",
+                self.label,
+                p.label,
+                now.saturating_duration_since(since).as_secs_f64()
+            ),
+            None if !p.ever_up => info!(
+                "{}: path {} up ({up} of {total} paths up)",
+                self.label, p.label
+            ),
+            None => {}
+        }
+        p.ever_up = true;
+    }
+
+    /// Stripe `i` was lost (`err`): if it was its path's last, the path is
+    /// down, once.
+    pub(super) fn note_path_down(&mut self, i: usize, err: &PipeError, now: Instant) {
+        let Some(k) = self.paths.index_of(i) else {
+            return;
+        };
+        let p = &self.paths.list[k];
+        if !self.paths.several()
+            || !p.ever_up
+            || p.down_since.is_some()
+            || self.paths.stripes_up(k, &self.session) > 0
+        {
+            return;
+        }
+        let up = self.paths.paths_up(&self.session);
+        let total = self.paths.list.len();
+        let primary = self.session.primary_up();
+        let p = &mut self.paths.list[k];
+        p.down_since = Some(now);
+        let rest = match (up, primary) {
+            (0, _) => "no path left; re-dialing".to_string(),
+            (_, true) => format!("{up} of {total} paths up carry its data; re-dialing it"),
+            (_, false) => {
+                format!("only backup paths left ({up} of {total}): they take over; re-dialing it")
+            }
+        };
+        warn!("{}: path {} down: {err}; {rest}", self.label, p.label);
+    }
+}
