@@ -521,6 +521,7 @@ impl Pipe for StripedPipe {
         }
         self.check_silence(now);
         self.update_metrics(now);
+        self.update_backup_hold();
         again |= self.transmit(now);
         self.check_alive(now)?;
         if before != self.progress_marks() {

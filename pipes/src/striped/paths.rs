@@ -16,6 +16,7 @@ use striper_core::config::human_bytes;
 use super::StripedPipe;
 use crate::path::PathSpec;
 use crate::proto::session::Session;
+use crate::stripe::StripeState;
 
 pub(super) struct PathState {
     pub(super) spec: PathSpec,
@@ -129,6 +130,28 @@ impl Paths {
 }
 
 impl StripedPipe {
+    /// At the start, backup stripes wait for the primaries still
+    /// connecting; once a primary path has been up, or none is trying any
+    /// more, a backup takes over as soon as no primary stripe is up.
+    pub(super) fn update_backup_hold(&mut self) {
+        let paths = &self.paths;
+        if !paths.list.iter().any(|p| p.spec.backup) {
+            return;
+        }
+        let primary_was_up = paths.list.iter().any(|p| !p.spec.backup && p.ever_up);
+        let primary_connecting = (0..self.stripes.len()).any(|i| {
+            !paths.spec_of(i).backup
+                && self.stripes[i].as_ref().is_some_and(|s| {
+                    matches!(
+                        s.state(),
+                        StripeState::Connecting | StripeState::AwaitAnswer
+                    )
+                })
+        });
+        self.session
+            .hold_backups(!primary_was_up && primary_connecting);
+    }
+
     /// Stripe `i` came up: if its path had none, the path is up (or back).
     pub(super) fn note_path_up(&mut self, i: usize, now: Instant) {
         let Some(k) = self.paths.index_of(i) else {

@@ -80,6 +80,15 @@ pub struct Session {
     /// The stripe a stall was bypassed around.
     suspect: Option<usize>,
     views: Vec<StripeView>,
+    /// Backup stripes wait even with no primary stripe up (the client's
+    /// primaries are still connecting at the start).
+    hold_backups: bool,
+    /// The peer's last DATA or ACK came on a backup stripe: it has given up
+    /// on the primaries (it may see them dead before this end does), so
+    /// this end follows it rather than send into a path that may be gone,
+    /// until the peer's data comes on a primary again or a primary stripe
+    /// (re)joins.
+    peer_on_backup: bool,
     stats: SessionStats,
 }
 
@@ -103,6 +112,8 @@ impl Session {
             stall_bypassed_until: 0,
             suspect: None,
             views: Vec::new(),
+            hold_backups: false,
+            peer_on_backup: false,
             stats: SessionStats::default(),
             cfg,
         }
@@ -253,6 +264,10 @@ impl Session {
         }
         self.send.frame_written(i);
         let backup = self.stripes[i].backup;
+        if !backup {
+            // A primary (re)joined: the peer is going back to it.
+            self.peer_on_backup = false;
+        }
         self.stripes[i] = Stripe::new(self.cfg.rate_interval);
         self.stripes[i].backup = backup;
         self.stripes[i].up = true;
@@ -271,6 +286,13 @@ impl Session {
                 .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
         }
         self.stripes[i].backup = backup;
+    }
+
+    /// Keeps backup stripes out of the schedule even with no primary up:
+    /// while the first primaries are still connecting, a backup that got
+    /// there first should not take the session's first megabytes.
+    pub fn hold_backups(&mut self, hold: bool) {
+        self.hold_backups = hold;
     }
 
     /// Whether a stripe of a primary path is up (backups then stand by).
@@ -380,6 +402,11 @@ impl Session {
     ) -> Result<(), SessionError> {
         let h = frame.header;
         self.keepalive.heard(i, now);
+        if matches!(h.ty, FrameType::Data | FrameType::Ack)
+            && let Some(s) = self.stripes.get(i)
+        {
+            self.peer_on_backup = s.backup;
+        }
         match h.ty {
             FrameType::Data => {
                 self.data_in_at = Some(now);
@@ -665,9 +692,12 @@ impl Session {
 
     fn choose(&mut self, len: u64, avoid: Option<usize>) -> Option<usize> {
         // Backup stripes stand by while a primary one lives; they take
-        // everything, ACKs included, once none does.
-        let standby = self.primary_up();
-        let usable = |s: &Stripe| s.up && !(s.backup && standby);
+        // everything, ACKs included, once none does, or once the peer has
+        // moved to them (its primaries may be dead before ours know it).
+        let backup_up = self.stripes.iter().any(|s| s.up && s.backup);
+        let on_backup =
+            backup_up && !self.hold_backups && (self.peer_on_backup || !self.primary_up());
+        let usable = |s: &Stripe| s.up && s.backup == on_backup;
         // Never avoid the last stripe standing.
         let avoid = avoid.filter(|_| self.stripes.iter().filter(|s| usable(s)).count() > 1);
         self.views.clear();

@@ -341,3 +341,31 @@ fn a_backup_stripe_carries_data_only_when_no_primary_is_up() {
     assert_eq!(s.write(&[9u8; 500]), 500);
     assert_eq!(s.poll_transmit().expect("data").stripe, 0);
 }
+
+/// When the peer's data comes on a backup stripe (it found the primaries
+/// dead first), this end's ACKs follow it there, and go back to the
+/// primary once the peer does.
+#[test]
+fn acks_follow_the_peer_onto_the_backup() {
+    let mut s = Session::new(SessionConfig::default(), 2);
+    let t0 = Instant::now();
+    s.set_stripe_backup(1, true);
+    s.stripe_up(0, t0);
+    s.stripe_up(1, t0);
+    let data = |s: &mut Session, i: usize, off: u64| {
+        let bytes = encode_vec(FrameType::Data, 0, off, &[5u8; 100]);
+        let (f, _) = decode(&bytes, 1 << 20).unwrap().unwrap();
+        s.handle_frame(i, f, t0).unwrap();
+        s.consume(s.readable().len());
+    };
+    let ack_stripe = |s: &mut Session| loop {
+        let t = s.poll_transmit().expect("an ACK");
+        if frame_of(&t).0 == FrameType::Ack {
+            return t.stripe;
+        }
+    };
+    data(&mut s, 1, 0);
+    assert_eq!(ack_stripe(&mut s), 1, "the ACK follows the peer");
+    data(&mut s, 0, 100);
+    assert_eq!(ack_stripe(&mut s), 0, "and comes back with it");
+}
