@@ -162,7 +162,8 @@ impl StripedPipe {
                 }
             }
             StripeState::AwaitAnswer => {
-                let peer = self.peer_name();
+                // The server of this stripe's path, not every server.
+                let peer = format!("server {}", self.paths.spec_of(i).server_name);
                 let timeout = self.cfg.session.stripe_timeout;
                 let s = self.stripes[i].as_mut().expect("present");
                 let Some(step) = s.read_answer(&peer, now, timeout)? else {

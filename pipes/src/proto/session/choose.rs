@@ -1,0 +1,59 @@
+//! Which stripe the session hands its next frame to: the view of each
+//! stripe the scheduler ([`crate::proto::scheduler`]) judges, and which stripes
+//! may carry data at all (backup paths stand by while a primary lives).
+
+use super::{Session, Stripe};
+use crate::proto::scheduler::{self, StripeView};
+
+impl Session {
+    /// Marks stripe `i` as one of a backup path (or not): the scheduler
+    /// leaves it out while a stripe of a primary path is up. It still
+    /// carries keepalives, so it is known alive when it is needed.
+    pub fn set_stripe_backup(&mut self, i: usize, backup: bool) {
+        if i >= self.stripes.len() {
+            self.stripes
+                .resize_with(i + 1, || Stripe::new(self.cfg.rate_interval));
+        }
+        self.stripes[i].backup = backup;
+    }
+
+    /// Keeps backup stripes out of the schedule even with no primary up:
+    /// while the first primaries are still connecting, a backup that got
+    /// there first should not take the session's first megabytes.
+    pub fn hold_backups(&mut self, hold: bool) {
+        self.hold_backups = hold;
+    }
+
+    /// Whether a stripe of a primary path is up (backups then stand by).
+    pub fn primary_up(&self) -> bool {
+        self.stripes.iter().any(|s| s.up && !s.backup)
+    }
+
+    pub(super) fn choose(&mut self, len: u64, avoid: Option<usize>) -> Option<usize> {
+        // Backup stripes stand by while a primary one lives; they take
+        // everything, ACKs included, once none does, or once the peer has
+        // moved to them (its primaries may be dead before ours know it).
+        let backup_up = self.stripes.iter().any(|s| s.up && s.backup);
+        let on_backup =
+            backup_up && !self.hold_backups && (self.peer_on_backup || !self.primary_up());
+        let usable = |s: &Stripe| s.up && s.backup == on_backup;
+        // Never avoid the last stripe standing.
+        let avoid = avoid.filter(|_| self.stripes.iter().filter(|s| usable(s)).count() > 1);
+        self.views.clear();
+        self.views
+            .extend(self.stripes.iter().enumerate().map(|(k, s)| StripeView {
+                up: usable(s) && Some(k) != avoid,
+                writable: s.writable,
+                // Bytes in flight do not delay a new frame's departure;
+                // only the unsent ones ahead of it do. Counting the flight
+                // made a stripe with a larger congestion window look slower
+                // than it is on a long path, and the wait rule then let
+                // it run dry (app-limited) while it could have sent.
+                queued: s.kernel_unsent + s.queued_since,
+                rate: s.rate.rate(),
+                rtt: s.rtt,
+            }));
+        let backlog = self.send.waiting();
+        scheduler::choose(&self.views, len, backlog.max(len))
+    }
+}
