@@ -14,10 +14,12 @@
 //! writes a deterministic stream until told to stop; the target checks
 //! every byte and counts them as they arrive, which is where rates are
 //! measured. `--via` is tested with two loopback source addresses
-//! (127.0.0.2, 127.0.0.3: the whole of 127/8 is on `lo`).
+//! (127.0.0.2, 127.0.0.3: the whole of 127/8 is on `lo`), and an ssh
+//! session copies a file across the switch to a backup path.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,9 +27,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
-    self, ConnReport, Digest, Digester, KeyFile, Pattern, Pending, Proc, Target, receive_counting,
+    self, ConnReport, Digest, Digester, KeyFile, Pattern, Pending, Proc, Target, TempDir,
+    receive_counting, run_ok,
 };
 use striper_tests::linkemu::{LinkConfig, LinkEmu, Shape};
+use striper_tests::sshd::{Sshd, Tools, user};
 
 const MIB: u64 = 1 << 20;
 const PER_PATH: u8 = 2;
@@ -79,6 +83,8 @@ struct Bond {
 }
 
 impl Bond {
+    /// Paths with `links`, relaying to a target that checks and counts
+    /// what it reads.
     fn start(links: &[Link], extra: &[&str]) -> Bond {
         let pattern = Pattern::new(1200);
         let arrived = Arc::new(AtomicU64::new(0));
@@ -87,8 +93,26 @@ impl Bond {
             received: Some(receive_counting(&mut s, Some(&p), Some(&a))),
             ..ConnReport::default()
         });
+        let (client, emus, server, key) = Bond::tunnel(target.addr(), links, extra);
+        Bond {
+            client,
+            emus,
+            server,
+            _key: key,
+            target,
+            arrived,
+            pattern,
+        }
+    }
+
+    /// Server, an emulator per link and the client, relaying to `target`.
+    fn tunnel(
+        target: SocketAddr,
+        links: &[Link],
+        extra: &[&str],
+    ) -> (Proc, Vec<LinkEmu>, Proc, KeyFile) {
         let key = KeyFile::generate();
-        let server = harness::start_server(&key, target.addr(), extra, "info");
+        let server = harness::start_server(&key, target, extra, "info");
         let emus: Vec<LinkEmu> = links
             .iter()
             .map(|l| {
@@ -118,15 +142,7 @@ impl Bond {
         }
         let client =
             harness::start_client_on(&key, "127.0.0.1:0", &servers[0], PER_PATH, &args, "info");
-        Bond {
-            client,
-            emus,
-            server,
-            _key: key,
-            target,
-            arrived,
-            pattern,
-        }
+        (client, emus, server, key)
     }
 
     /// Starts an application writing the pattern through the tunnel, and
@@ -416,4 +432,86 @@ fn via_binds_stripes_to_their_source_address() {
         err.contains("--via 192.0.2.77: not an address of this host"),
         "{err}"
     );
+}
+
+/// An ssh session copying a file (`cat > f && sha256sum f`) over a primary
+/// and a backup path survives the primary's death: the backup takes over,
+/// the copy completes, and the remote file's SHA-256 matches the source.
+#[test]
+fn an_ssh_session_survives_the_switch_to_the_backup() {
+    const FILE_LEN: usize = 12 << 20;
+    const SSH_TIMEOUT: Duration = Duration::from_secs(120);
+    let tools = Tools::find();
+    let dir = TempDir::new("bond-ssh");
+    let sshd = Sshd::start(&tools, dir.path(), &["ClientAliveInterval 0"]);
+    let backup = Link {
+        backup: true,
+        ..link(16.0, 5)
+    };
+    // 12 MiB at 16 Mbit/s: about 6 s, so the switch lands mid-copy.
+    let (mut client, emus, _server, _key) = Bond::tunnel(
+        format!("127.0.0.1:{}", sshd.port).parse().unwrap(),
+        &[link(16.0, 5), backup],
+        &FAST_KEEPALIVE,
+    );
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, Pattern::new(1300).bytes(FILE_LEN)).expect("write the source file");
+    let want = run_ok(Command::new("sha256sum").arg(&src));
+    let want = want.split_whitespace().next().expect("sha256sum output");
+    let remote = dir.path().join("copied.bin");
+    let out = dir.path().join("ssh.out");
+    let route = [
+        "-o".to_string(),
+        "ServerAliveInterval=0".to_string(),
+        "-p".to_string(),
+        client.addr().port().to_string(),
+        format!("{}@127.0.0.1", user()),
+    ];
+    let mut cmd = sshd.ssh_command(
+        &tools,
+        &route,
+        &format!("cat > '{r}' && sha256sum '{r}'", r = remote.display()),
+    );
+    cmd.stdin(File::open(&src).unwrap())
+        .stdout(File::create(&out).unwrap());
+    let started = Instant::now();
+    let mut ssh = Proc::spawn("ssh", cmd);
+    let bytes_up = |k: usize| -> u64 { emus[k].connections().iter().map(|c| c.bytes_up).sum() };
+    if !harness::poll_until(START_TIMEOUT, Duration::from_millis(20), || {
+        bytes_up(0) >= 3 * MIB
+    }) {
+        client.fail("the copy did not get going on the primary");
+    }
+    assert!(ssh.is_running(), "the copy was over before the switch");
+    let standby = bytes_up(1);
+    assert!(
+        standby < 64 * 1024,
+        "the backup carried {standby} bytes while the primary lived"
+    );
+    emus[0].set_outage(true).expect("black-hole the primary");
+    let path_a = emus[0].local_addr().to_string();
+    client.wait_log(&format!("path {path_a} down"), LOG_TIMEOUT);
+    match ssh.wait_exit(SSH_TIMEOUT.saturating_sub(started.elapsed())) {
+        Some(st) if st.success() => {}
+        Some(st) => ssh.fail(&format!("the copy failed: {st}")),
+        None => ssh.fail(&format!("the copy did not finish within {SSH_TIMEOUT:?}")),
+    }
+    let said = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        said.split_whitespace().next(),
+        Some(want),
+        "the remote file's SHA-256"
+    );
+    let took_over = bytes_up(1) - standby;
+    eprintln!(
+        "ssh copy of {} MiB in {:.1} s; the backup carried {} KiB after the switch",
+        FILE_LEN >> 20,
+        started.elapsed().as_secs_f64(),
+        took_over >> 10
+    );
+    assert!(
+        took_over >= MIB,
+        "the backup carried {took_over} bytes after the switch"
+    );
+    client.assert_healthy();
 }
