@@ -61,11 +61,12 @@ impl Paths {
     }
 
     pub(super) fn of(&self, stripe: usize) -> Option<&PathState> {
-        self.list.get(stripe / self.per_path.max(1))
+        self.list.get(self.index_of(stripe)?)
     }
 
     fn index_of(&self, stripe: usize) -> Option<usize> {
-        (stripe / self.per_path.max(1) < self.list.len()).then(|| stripe / self.per_path)
+        let k = stripe / self.per_path.max(1);
+        (k < self.list.len()).then_some(k)
     }
 
     pub(super) fn spec_of(&self, stripe: usize) -> &PathSpec {
