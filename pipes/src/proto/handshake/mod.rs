@@ -36,11 +36,12 @@ mod field {
         pub const KIND: usize = 0;
         pub const INDEX: usize = 1;
         pub const COUNT: usize = 2;
-        pub const FLAGS: usize = 3;
+        pub const RESERVED_A: usize = 3;
         pub const SESSION: Range<usize> = 4..20;
         pub const WINDOW: Range<usize> = 20..24;
         pub const MAX_PAYLOAD: Range<usize> = 24..28;
-        pub const RESERVED: Range<usize> = 28..40;
+        pub const FLAGS: usize = 28;
+        pub const RESERVED: Range<usize> = 29..40;
     }
     pub mod server {
         use std::ops::Range;
@@ -234,7 +235,10 @@ impl ClientHello {
                 "max payload below the protocol minimum",
             ));
         }
-        if b[f::FLAGS] & !FLAG_BACKUP != 0 || b[f::RESERVED].iter().any(|&x| x != 0) {
+        if b[f::RESERVED_A] != 0
+            || b[f::FLAGS] & !FLAG_BACKUP != 0
+            || b[f::RESERVED].iter().any(|&x| x != 0)
+        {
             return Err(HandshakeError::BadField("reserved bytes"));
         }
         Ok(ClientHello {
