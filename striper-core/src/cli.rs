@@ -58,11 +58,12 @@ pub struct TuningOpts {
     pub keepalive: Duration,
 
     /// Seconds of silence on a stripe before it is sent a keepalive PING
-    /// while nothing is in flight. Rare probes cost idle sessions nothing;
-    /// 15 s keeps NAT and firewall mappings alive (the shortest common idle
-    /// timeouts for TCP are minutes) and finds a dead idle stripe before
+    /// while nothing is in flight. Rare probes cost idle sessions little;
+    /// 30 s keeps NAT and firewall mappings alive (the shortest common idle
+    /// timeouts for TCP are minutes: 4 on some cloud load balancers; RFC
+    /// 5382 asks NATs for over 2 hours) and finds a dead idle stripe before
     /// it is needed, or at once when data starts to flow.
-    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub idle_keepalive: Duration,
 
     /// Seconds of silence (PINGs unanswered) after which a stripe is

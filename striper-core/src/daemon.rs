@@ -182,6 +182,9 @@ impl Daemon {
             service.reactor().run(&mut done);
             for (slot, task) in done.drain(..) {
                 service.finished(slot, task);
+                // What a finished task held (a session's state, a
+                // handshake's keys) is free now; trim it in due course.
+                crate::mem::note_freed(0);
             }
             // The listener is edge-triggered: connections left queued while
             // paused raise no new event, so look again once slots are free
