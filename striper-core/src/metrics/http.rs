@@ -23,6 +23,8 @@ use prometheus_client::registry::Registry;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request, and to take the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time the answer's connection waits for the client's EOF before closing.
+const LINGER: Duration = Duration::from_millis(500);
 /// Time a scrape waits for the event loop to publish fresh figures.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 /// The classic Prometheus text format, which every scraper and `promtool
@@ -243,6 +245,18 @@ fn answer(mut stream: TcpStream, registry: &Registry, shared: &Shared) -> io::Re
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     stream.write_all(&out)?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Closing with unread bytes (the rest of an oversized request) would
+    // reset the connection, and the client might lose the answer: read on
+    // until its EOF, briefly.
+    stream.set_read_timeout(Some(LINGER))?;
+    let mut rest = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match stream.read(&mut rest) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,170 @@
+//! `--metrics ADDR` on both programs, against the real binaries: the
+//! endpoint is scraped during a transfer and after it; every scrape passes
+//! `promtool check metrics`; the application byte counters of both ends
+//! equal the bytes moved, exactly, while the session is open and after it
+//! closed; sessions opened and closed move; the server counts handshake
+//! refusals by kind; garbage, slow and oversized HTTP requests get an error
+//! (or are dropped) while the tunnel keeps carrying bytes intact; a metrics
+//! address that cannot be served stops the program with the cause.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use striper_tests::harness::{
+    self, HeldSession, KeyFile, Pattern, Scrape, Target, Tunnel, assert_echo_session, connect,
+    echo, http_exchange, metrics_addr, start_client,
+};
+
+const METRICS: [&str; 2] = ["--metrics", "127.0.0.1:0"];
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn byte_counters_follow_a_transfer_exactly_and_promtool_accepts_every_scrape() {
+    const LEN: u64 = 4 << 20;
+    const HOLD: u64 = 1 << 20;
+    let target = Target::start(echo);
+    let mut t = Tunnel::start_with(target.addr(), 4, &METRICS, "info");
+    let (c, s) = (metrics_addr(&mut t.client), metrics_addr(&mut t.server));
+
+    for (end, addr) in [("client", c), ("server", s)] {
+        let m = Scrape::get(addr);
+        m.assert_promtool_accepts();
+        assert_eq!(m.value("striper_sessions_opened_total"), 0.0, "{end}");
+        assert_eq!(m.app_bytes(), (0, 0), "{end}");
+    }
+
+    // Paused a quarter of the way: everything written so far has come back,
+    // so both ends have moved exactly HOLD bytes each way, and the session
+    // is still open.
+    let held = HeldSession::start(t.connect(), Pattern::new(13), LEN, HOLD, None);
+    assert!(
+        held.wait_echoed(HOLD, WAIT),
+        "echoed {} of {HOLD}",
+        held.echoed()
+    );
+    for (end, addr) in [("client", c), ("server", s)] {
+        let m = Scrape::get(addr);
+        m.assert_promtool_accepts();
+        assert_eq!(m.app_bytes(), (HOLD, HOLD), "{end}: bytes mid-transfer");
+        assert_eq!(m.value("striper_sessions_open"), 1.0, "{end}");
+        assert_eq!(m.value("striper_sessions_opened_total"), 1.0, "{end}");
+        let up = m.value("striper_stripes_up");
+        assert!((1.0..=4.0).contains(&up), "{end}: {up} stripes up");
+        // One queue reading per stripe up, labelled by its index.
+        let queues = m.series_of("striper_stripe_send_queue_bytes");
+        assert_eq!(queues.len() as f64, up, "{end}: {queues:?}");
+        for q in &queues {
+            let i: u8 = q
+                .split('"')
+                .nth(1)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("{end}: no stripe index in {q}"));
+            assert!(i < 4, "{end}: stripe index {i} of 4 stripes");
+        }
+    }
+
+    held.finish("held session", WAIT);
+    t.client.wait_log("closed after", WAIT);
+    t.server.wait_log("closed after", WAIT);
+    for (end, addr) in [("client", c), ("server", s)] {
+        let m = Scrape::get(addr);
+        m.assert_promtool_accepts();
+        assert_eq!(m.app_bytes(), (LEN, LEN), "{end}: bytes after the session");
+        assert_eq!(m.value("striper_sessions_open"), 0.0, "{end}");
+        assert_eq!(m.value("striper_sessions_opened_total"), 1.0, "{end}");
+        assert_eq!(
+            m.value("striper_sessions_closed_total{reason=\"finished\"}"),
+            1.0,
+            "{end}"
+        );
+        assert_eq!(m.value("striper_stripes_up"), 0.0, "{end}");
+        assert!(m.series_of("striper_stripe_send_queue_bytes").is_empty());
+    }
+    // The far end's application read exactly what the near end's wrote.
+    let at_target = target.wait_reports(1, WAIT)[0].received.clone().unwrap();
+    assert_eq!(at_target.digest.len, LEN);
+    t.assert_healthy();
+}
+
+#[test]
+fn the_server_counts_refusals_by_kind_and_bad_http_does_not_hurt_the_tunnel() {
+    let target = Target::start(echo);
+    let mut t = Tunnel::start_with(target.addr(), 2, &METRICS, "info");
+    let s = metrics_addr(&mut t.server);
+
+    // Not a striper handshake, on the stripe port.
+    let mut junk = connect(t.server.addr());
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    t.server
+        .wait_log("sent bytes that are not a striper handshake", WAIT);
+    drop(junk);
+    // A client with another key: its stripes fail authentication.
+    let other = KeyFile::generate();
+    let mut impostor = start_client(&other, t.server.addr(), 1, &[], "info");
+    let mut app = connect(impostor.addr());
+    let _ = app.write_all(b"hello");
+    t.server.wait_log("failed authentication", WAIT);
+    impostor.wait_log("closed after", WAIT);
+
+    let m = Scrape::get(s);
+    m.assert_promtool_accepts();
+    let kind = |k: &str| m.value(&format!("striper_handshake_refusals_total{{kind=\"{k}\"}}"));
+    assert!(kind("not_striper") >= 1.0, "{}", m.text);
+    assert!(kind("auth_failed") >= 1.0, "{}", m.text);
+    assert_eq!(kind("server_full"), 0.0);
+    assert_eq!(m.value("striper_sessions_opened_total"), 0.0);
+
+    // Bad requests get an error each, and the endpoint keeps answering.
+    let cases: [(&[u8], &str); 5] = [
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"),
+        (
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed",
+        ),
+        (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\n\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            &[b'a'; 9000],
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+    ];
+    for (req, want) in cases {
+        let (status, _) = http_exchange(s, req);
+        assert_eq!(status, want, "request {:?}", String::from_utf8_lossy(req));
+    }
+    // A client that connects and says nothing holds the responder for at
+    // most its request timeout; meanwhile the tunnel carries bytes intact.
+    let silent = TcpStream::connect(s).unwrap();
+    assert_echo_session(t.addr(), 7, 1 << 20);
+    let m = Scrape::get(s);
+    assert_eq!(m.app_bytes(), (1 << 20, 1 << 20), "{}", m.text);
+    drop(silent);
+    t.assert_healthy();
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_served_is_an_error_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(harness::bin("stripe-client"))
+        .args(["--listen", "127.0.0.1:0", "--server", "127.0.0.1:9"])
+        .args(["--insecure-no-auth", "--metrics", &addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
