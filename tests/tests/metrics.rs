@@ -37,8 +37,9 @@ fn byte_counters_follow_a_transfer_exactly_and_promtool_accepts_every_scrape() {
 
     // Paused a quarter of the way: everything written so far has come back,
     // so both ends have moved exactly HOLD bytes each way, and the session
-    // is still open.
-    let held = HeldSession::start(t.connect(), Pattern::new(13), LEN, HOLD, None);
+    // is still open. Paced, so that the session is busy for a few of its
+    // 100 ms ticks, where it samples its stripes' round trips.
+    let held = HeldSession::start(t.connect(), Pattern::new(13), LEN, HOLD, Some(2 << 20));
     assert!(
         held.wait_echoed(HOLD, WAIT),
         "echoed {} of {HOLD}",
@@ -62,6 +63,12 @@ fn byte_counters_follow_a_transfer_exactly_and_promtool_accepts_every_scrape() {
                 .and_then(|i| i.parse().ok())
                 .unwrap_or_else(|| panic!("{end}: no stripe index in {q}"));
             assert!(i < 4, "{end}: stripe index {i} of 4 stripes");
+        }
+        let rtts = m.series_of("striper_stripe_rtt_seconds");
+        assert!(!rtts.is_empty(), "{end}: no round trip:\n{}", m.text);
+        for r in &rtts {
+            let v = m.value(r);
+            assert!(v > 0.0 && v < 1.0, "{end}: {r} = {v} s on loopback");
         }
     }
 
