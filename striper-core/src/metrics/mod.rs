@@ -112,6 +112,7 @@ struct StripeSum {
     rtt_n: u32,
     queued: u64,
     rate: f64,
+    rate_n: u32,
     up: bool,
 }
 
@@ -155,7 +156,10 @@ impl Snapshot {
             s.rtt_n += 1;
         }
         s.queued += queued;
-        s.rate += rate.unwrap_or(0.0);
+        if let Some(rate) = rate {
+            s.rate += rate;
+            s.rate_n += 1;
+        }
     }
 }
 
@@ -325,8 +329,10 @@ impl Recorder {
         raise(&self.outages_survived, all.outages_survived);
         self.sessions_open.set(live.sessions as i64);
         self.stripes_up.set(live.stripes_up as i64);
-        // An index no open session has is not shown: an average of nothing
-        // is no reading.
+        // An index no open session has is not shown, nor a reading no
+        // stripe of that index has made yet: an unmeasured rate is no
+        // evidence of a stalled stripe, and an average of nothing is no
+        // round trip.
         self.stripe_rtt.clear();
         self.stripe_queue.clear();
         self.stripe_rate.clear();
@@ -340,7 +346,9 @@ impl Recorder {
             self.stripe_queue
                 .get_or_create(&label)
                 .set(s.queued.min(i64::MAX as u64) as i64);
-            self.stripe_rate.get_or_create(&label).set(s.rate);
+            if s.rate_n > 0 {
+                self.stripe_rate.get_or_create(&label).set(s.rate);
+            }
         }
     }
 }
@@ -377,6 +385,7 @@ mod tests {
         live.add_session(&t(100, 7), 4);
         live.add_stripe(0, Some(Duration::from_millis(10)), 500, Some(1e6));
         live.add_stripe(1, None, 0, None);
+        live.add_stripe(2, None, 0, Some(2e6));
         r.publish(&live);
         let s = text(&reg);
         assert!(
@@ -394,6 +403,16 @@ mod tests {
         );
         assert!(
             s.contains("striper_stripe_send_queue_bytes{stripe=\"1\"} 0\n"),
+            "{s}"
+        );
+        let rate = "striper_stripe_drain_rate_bytes_per_second";
+        assert!(
+            s.contains(&format!("{rate}{{stripe=\"0\"}} 1000000.0\n")),
+            "{s}"
+        );
+        assert!(!s.contains(&format!("{rate}{{stripe=\"1\"}}")), "{s}");
+        assert!(
+            s.contains(&format!("{rate}{{stripe=\"2\"}} 2000000.0\n")),
             "{s}"
         );
 
