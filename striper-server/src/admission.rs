@@ -196,7 +196,7 @@ impl Admission {
 
 /// The `kind` label of `striper_handshake_refusals_total`: a fixed list,
 /// whatever the peers send.
-pub const REFUSAL_KINDS: [&str; 12] = [
+pub const REFUSAL_KINDS: [&str; 13] = [
     "auth_failed",
     "bad_version",
     "not_striper",
@@ -208,6 +208,7 @@ pub const REFUSAL_KINDS: [&str; 12] = [
     "server_full",
     "busy",
     "evicted",
+    "join_refused",
     "other",
 ];
 

@@ -23,7 +23,9 @@ use striper_core::config::{join_addrs, log_fd_limit, parse_secs, parse_size, res
 use striper_core::daemon::{Daemon, Service};
 use striper_core::metrics::{Recorder, Snapshot};
 use striper_core::reactor::TICK;
-use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
+use striper_core::{
+    Bridge, Ctx, ErrorKind, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+};
 
 use admission::{Admission, Candidate, REFUSAL_KINDS};
 use handshake::{Handshake, Progress};
@@ -498,6 +500,10 @@ impl Server {
             (keys, &secret),
             Instant::now(),
         ) {
+            self.recorder.refused(match e.kind {
+                ErrorKind::Protocol => "join_refused",
+                _ => "other",
+            });
             warn!(
                 "stripe {} from {peer} could not join session {}: {e}",
                 hello.index,

@@ -12,9 +12,11 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use pipes::proto::handshake::{Kind, SessionId};
+use striper_tests::harness::rawv2::{self, EchoSession, RawStripe, hello};
 use striper_tests::harness::{
     self, HeldSession, KeyFile, Pattern, Scrape, Target, Tunnel, assert_echo_session, connect,
-    echo, http_exchange, metrics_addr, start_client,
+    echo, http_exchange, metrics_addr, start_client, start_server,
 };
 
 const METRICS: [&str; 2] = ["--metrics", "127.0.0.1:0"];
@@ -156,6 +158,36 @@ fn the_server_counts_refusals_by_kind_and_bad_http_does_not_hurt_the_tunnel() {
     assert_eq!(m.app_bytes(), (1 << 20, 1 << 20), "{}", m.text);
     drop(silent);
     t.assert_healthy();
+}
+
+/// A stripe with the key but another session's secret is refused at its
+/// join: the only refusal a key holder can cause, counted on its own.
+#[test]
+fn a_stripe_without_the_session_secret_counts_as_a_refused_join() {
+    let target = Target::start(echo);
+    let key_file = KeyFile::generate();
+    let mut server = start_server(&key_file, target.addr(), &METRICS, "info");
+    let s = metrics_addr(&mut server);
+    let key = rawv2::key_of(&key_file);
+    let id: SessionId = [7; 16];
+    let genuine = RawStripe::open(server.addr(), &hello(Kind::Open, 0, 2, id), &key, [1; 32]);
+    let mut genuine = EchoSession::new(genuine);
+    let round = Pattern::new(3).bytes(64 * 1024);
+    let back = genuine.echo(&round, WAIT).expect("an echo round");
+    assert_eq!(back, round);
+
+    let forged = RawStripe::open(server.addr(), &hello(Kind::Join, 1, 2, id), &key, [2; 32]);
+    server.wait_log("could not join session", WAIT);
+    drop(forged);
+    let m = Scrape::get(s);
+    m.assert_promtool_accepts();
+    let kind = |k: &str| m.value(&format!("striper_handshake_refusals_total{{kind=\"{k}\"}}"));
+    assert_eq!(kind("join_refused"), 1.0, "{}", m.text);
+    assert_eq!(kind("auth_failed"), 0.0, "{}", m.text);
+    assert_eq!(m.value("striper_sessions_open"), 1.0);
+    assert_eq!(m.app_bytes(), (round.len() as u64, round.len() as u64));
+    genuine.finish(WAIT).expect("a clean end");
+    server.assert_healthy();
 }
 
 #[test]
