@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use pipes::proto::handshake::{Kind, SessionId};
 use striper_tests::harness::rawv2::{self, EchoSession, RawStripe, hello};
+use striper_tests::harness::relay::Relay;
 use striper_tests::harness::{
     self, HeldSession, KeyFile, Pattern, Scrape, Target, Tunnel, assert_echo_session, connect,
-    echo, http_exchange, metrics_addr, start_client, start_server,
+    echo, exchange_on, http_exchange, metrics_addr, start_client, start_server,
 };
 
 const METRICS: [&str; 2] = ["--metrics", "127.0.0.1:0"];
@@ -158,6 +159,61 @@ fn the_server_counts_refusals_by_kind_and_bad_http_does_not_hurt_the_tunnel() {
     assert_eq!(m.app_bytes(), (1 << 20, 1 << 20), "{}", m.text);
     drop(silent);
     t.assert_healthy();
+}
+
+/// A stripe lost mid-transfer (one flipped byte on the path ends it) shows
+/// in the fault counters, which agree with each end's close line, while
+/// the byte counters still equal the bytes moved.
+#[test]
+fn fault_counters_agree_with_the_close_lines() {
+    const LEN: u64 = 8 << 20;
+    let target = Target::start(echo);
+    let key = KeyFile::generate();
+    let mut server = start_server(&key, target.addr(), &METRICS, "info");
+    let relay = Relay::start(server.addr(), usize::MAX, Some(100_000));
+    let mut client = start_client(&key, relay.addr(), 4, &METRICS, "info");
+    let pat = Pattern::new(0x3e7);
+    let (sent, got) = exchange_on(connect(client.addr()), &pat, LEN, Some(&pat));
+    got.assert_intact(
+        "session across a tampered stripe",
+        sent.expect("send"),
+        &pat,
+        LEN,
+    );
+    server.wait_log("authentication failed", WAIT);
+    for (end, p) in [("client", &mut client), ("server", &mut server)] {
+        let line = p.wait_log("closed after", WAIT);
+        let m = Scrape::get(metrics_addr(p));
+        m.assert_promtool_accepts();
+        assert_eq!(m.app_bytes(), (LEN, LEN), "{end}");
+        let (lost, redialed) = faults_in(&line);
+        assert_eq!(
+            m.value("striper_stripes_lost_total"),
+            lost as f64,
+            "{end}: {line}"
+        );
+        assert_eq!(
+            m.value("striper_stripes_redialed_total"),
+            redialed as f64,
+            "{end}: {line}"
+        );
+        if end == "server" {
+            assert!(lost >= 1, "the tampered stripe was lost: {line}");
+        }
+    }
+}
+
+/// "N stripe(s) lost, M re-dialed" from a close line (0, 0 without faults).
+fn faults_in(line: &str) -> (u64, u64) {
+    let Some((before, after)) = line.split_once(" stripe(s) lost, ") else {
+        return (0, 0);
+    };
+    let lost = before.rsplit(' ').next().and_then(|n| n.parse().ok());
+    let redialed = after.split(' ').next().and_then(|n| n.parse().ok());
+    (
+        lost.unwrap_or_else(|| panic!("no count in {line}")),
+        redialed.unwrap_or_else(|| panic!("no count in {line}")),
+    )
 }
 
 /// A stripe with the key but another session's secret is refused at its
