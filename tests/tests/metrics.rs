@@ -2,10 +2,14 @@
 //! endpoint is scraped during a transfer and after it; every scrape passes
 //! `promtool check metrics`; the application byte counters of both ends
 //! equal the bytes moved, exactly, while the session is open and after it
-//! closed; sessions opened and closed move; the server counts handshake
-//! refusals by kind; garbage, slow and oversized HTTP requests get an error
-//! (or are dropped) while the tunnel keeps carrying bytes intact; a metrics
-//! address that cannot be served stops the program with the cause.
+//! closed; sessions opened and closed move; per stripe index round trips
+//! and queues are shown for the stripes up; a lost stripe shows in the
+//! fault counters as in the close line; the server counts handshake
+//! refusals by kind (not striper, another key, another session's secret);
+//! garbage, cut-short, oversized and silent HTTP requests get an error (or
+//! time out) while the tunnel keeps carrying bytes intact; the address may
+//! come from `--config`; one that cannot be served stops the program with
+//! the cause.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -16,8 +20,9 @@ use pipes::proto::handshake::{Kind, SessionId};
 use striper_tests::harness::rawv2::{self, EchoSession, RawStripe, hello};
 use striper_tests::harness::relay::Relay;
 use striper_tests::harness::{
-    self, HeldSession, KeyFile, Pattern, Scrape, Target, Tunnel, assert_echo_session, connect,
-    echo, exchange_on, http_exchange, metrics_addr, start_client, start_server,
+    self, HeldSession, KeyFile, Pattern, Proc, Scrape, Target, TempDir, Tunnel,
+    assert_echo_session, connect, echo, exchange_on, http_exchange, metrics_addr, start_client,
+    start_server,
 };
 
 const METRICS: [&str; 2] = ["--metrics", "127.0.0.1:0"];
@@ -244,6 +249,24 @@ fn a_stripe_without_the_session_secret_counts_as_a_refused_join() {
     assert_eq!(m.app_bytes(), (round.len() as u64, round.len() as u64));
     genuine.finish(WAIT).expect("a clean end");
     server.assert_healthy();
+}
+
+/// `metrics` in a `--config` file, like any long option.
+#[test]
+fn the_metrics_address_can_come_from_the_config_file() {
+    let dir = TempDir::new("metrics-config");
+    let path = dir.path().join("client.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nserver = \"127.0.0.1:9\"\ninsecure-no-auth = true\n\
+         metrics = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let args = ["--config".to_string(), path.display().to_string()];
+    let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+    let m = Scrape::get(metrics_addr(&mut client));
+    assert_eq!(m.value("striper_sessions_open"), 0.0);
+    client.assert_healthy();
 }
 
 #[test]
