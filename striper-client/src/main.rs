@@ -14,9 +14,10 @@ use pipes::proto::handshake::short_id;
 use pipes::report;
 use pipes::striped::new_session_id;
 use pipes::{StdioPipe, StripedConfig, StripedPipe, TcpPipe};
-use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
+use striper_core::cli::{AuthOpts, Command, ConfigOpts, MetricsOpts, TuningOpts};
 use striper_core::config::{join_addrs, log_fd_limit, resolve};
 use striper_core::daemon::{Daemon, Service};
+use striper_core::metrics::{Recorder, Snapshot};
 use striper_core::{
     Bridge, Ctx, Outcome, Pipe, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
 };
@@ -77,6 +78,9 @@ struct Opts {
 
     #[command(flatten)]
     tuning: TuningOpts,
+
+    #[command(flatten)]
+    metrics: MetricsOpts,
 }
 
 const NAME: &str = "stripe-client";
@@ -100,29 +104,37 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         name: server_name,
     };
     if opts.stdio {
-        return run_stdio(cfg, &server, opts.stripes);
+        return run_stdio(cfg, &server, opts.stripes, &opts.metrics);
     }
     let listen = opts.listen.expect("clap requires --listen without --stdio");
     log_fd_limit(opts.stripes as u64, None);
     let reactor = Reactor::new().map_err(|e| e.to_string())?;
-    let (daemon, local) = Daemon::listen(reactor.registry(), &listen)?;
+    let (mut daemon, local) = Daemon::listen(reactor.registry(), &listen)?;
     info!(
         "listening on {local}, carrying each connection to server {} ({}) over {} stripes",
         server.name,
         join_addrs(&server.addrs),
         opts.stripes
     );
+    let recorder = export_metrics(&mut daemon, &reactor, &opts.metrics)?;
     daemon.serve(Listening {
         reactor,
         cfg,
         server,
         stripes: opts.stripes,
+        recorder,
     })
 }
 
-fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCode, String> {
+fn run_stdio(
+    cfg: StripedConfig,
+    server: &Server,
+    stripes: u8,
+    metrics: &MetricsOpts,
+) -> Result<ExitCode, String> {
     let mut reactor = Reactor::new().map_err(|e| e.to_string())?;
-    let daemon = Daemon::new(reactor.registry())?;
+    let mut daemon = Daemon::new(reactor.registry())?;
+    let recorder = export_metrics(&mut daemon, &reactor, metrics)?;
     let stdio = StdioPipe::new().map_err(|e| format!("cannot use standard input/output: {e}"))?;
     let tunnel = Tunnel::new(
         stdio,
@@ -138,7 +150,31 @@ fn run_stdio(cfg: StripedConfig, server: &Server, stripes: u8) -> Result<ExitCod
     daemon.serve(Stdio {
         reactor,
         succeeded: false,
+        recorder,
     })
+}
+
+/// The metrics recorder, served on `--metrics ADDR` if given.
+fn export_metrics<T: Task>(
+    daemon: &mut Daemon,
+    reactor: &Reactor<T>,
+    opts: &MetricsOpts,
+) -> Result<Recorder, String> {
+    let (recorder, registry) = Recorder::new(&[]);
+    if let Some(addr) = &opts.metrics {
+        let local = daemon.export_metrics(reactor.registry(), addr, registry)?;
+        info!("serving metrics at http://{local}/metrics");
+    }
+    Ok(recorder)
+}
+
+/// Sets the metrics from the open sessions (a scrape is waiting).
+fn publish<P: Pipe>(recorder: &mut Recorder, reactor: &Reactor<Tunnel<P>>) {
+    let mut live = Snapshot::default();
+    for (_, t) in reactor.iter() {
+        report::add_live(&mut live, t.bridge.b(), t.bridge.bytes());
+    }
+    recorder.publish(&live);
 }
 
 struct Server {
@@ -153,6 +189,7 @@ struct Listening {
     cfg: StripedConfig,
     server: Server,
     stripes: u8,
+    recorder: Recorder,
 }
 
 impl Service for Listening {
@@ -182,6 +219,11 @@ impl Service for Listening {
 
     fn finished(&mut self, _: usize, t: Tunnel<TcpPipe>) {
         t.log_close();
+        t.record_close(&mut self.recorder);
+    }
+
+    fn publish_metrics(&mut self) {
+        publish(&mut self.recorder, &self.reactor);
     }
 
     fn abort(t: &mut Tunnel<TcpPipe>, reason: &PipeError) {
@@ -194,6 +236,7 @@ impl Service for Listening {
 struct Stdio {
     reactor: Reactor<Tunnel<StdioPipe>>,
     succeeded: bool,
+    recorder: Recorder,
 }
 
 impl Service for Stdio {
@@ -211,11 +254,16 @@ impl Service for Stdio {
 
     fn finished(&mut self, _: usize, t: Tunnel<StdioPipe>) {
         t.log_close();
+        t.record_close(&mut self.recorder);
         self.succeeded = matches!(t.bridge.outcome(), Some(Outcome::Finished));
     }
 
     fn abort(t: &mut Tunnel<StdioPipe>, reason: &PipeError) {
         t.bridge.abort(reason.clone());
+    }
+
+    fn publish_metrics(&mut self) {
+        publish(&mut self.recorder, &self.reactor);
     }
 
     fn exit_code(&self) -> ExitCode {
@@ -267,6 +315,12 @@ impl<P: Pipe> Tunnel<P> {
             [&self.peer, &format!("server {}", self.server)],
             ["sent", "received"],
         );
+    }
+
+    /// The bridge's A side is the application: A to B is to the peer.
+    fn record_close(&self, recorder: &mut Recorder) {
+        let totals = report::totals(self.bridge.b(), self.bridge.bytes());
+        recorder.closed(self.bridge.outcome(), &totals);
     }
 }
 

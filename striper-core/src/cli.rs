@@ -119,6 +119,19 @@ pub struct ConfigOpts {
     pub config: Option<PathBuf>,
 }
 
+/// `--metrics ADDR`: Prometheus metrics, off unless given.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Monitoring")]
+pub struct MetricsOpts {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9900): sessions, bytes each way, stripes, faults, and per
+    /// stripe index round trip, queue and drain rate (see docs/METRICS.md).
+    /// Anyone who can reach ADDR can read them: keep it on loopback or a
+    /// private network. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
 /// Subcommands both binaries share.
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {

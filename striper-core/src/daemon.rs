@@ -16,6 +16,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -24,6 +25,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::{bind_first, resolve};
 use crate::mem::Trimmer;
+use crate::metrics::http::Exporter;
 use crate::pipe::{ErrorKind, PipeError};
 use crate::reactor::{Reactor, Task};
 use crate::signals::Signals;
@@ -32,6 +34,8 @@ use crate::signals::Signals;
 pub const LISTENER: Token = Token(0);
 /// The signal pipe's token.
 pub const SIGNALS: Token = Token(1);
+/// The metrics responder's waker: a scrape wants fresh figures.
+pub const METRICS: Token = Token(2);
 /// Sessions get this long to send their RSTs after a signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Out of descriptors, accepting pauses this long: a failing accept leaves
@@ -80,6 +84,9 @@ pub trait Service {
         None
     }
 
+    /// A scrape is waiting: set the metrics from the tasks (`--metrics`).
+    fn publish_metrics(&mut self) {}
+
     /// The exit status when the loop ends.
     fn exit_code(&self) -> ExitCode {
         ExitCode::SUCCESS
@@ -110,6 +117,8 @@ pub struct Daemon {
     /// Times accepting paused for want of descriptors, since the last
     /// warning about it.
     starved: u64,
+    /// The `--metrics` responder, when there is one.
+    metrics: Option<Exporter>,
 }
 
 impl Daemon {
@@ -123,7 +132,24 @@ impl Daemon {
             paused: false,
             starved_until: None,
             starved: 0,
+            metrics: None,
         })
+    }
+
+    /// Serves `metrics` on `listen` (`HOST:PORT`) from a thread of its own;
+    /// a scrape wakes the loop to [`Service::publish_metrics`]. Returns the
+    /// address bound.
+    pub fn export_metrics(
+        &mut self,
+        registry: &Registry,
+        listen: &str,
+        metrics: Arc<prometheus_client::registry::Registry>,
+    ) -> Result<SocketAddr, String> {
+        let waker = mio::Waker::new(registry, METRICS)
+            .map_err(|e| format!("cannot set up the metrics responder: {e}"))?;
+        let (exporter, local) = Exporter::start(listen, metrics, waker)?;
+        self.metrics = Some(exporter);
+        Ok(local)
     }
 
     /// Listens on `listen` (`HOST:PORT`) and handles signals; returns the
@@ -175,6 +201,11 @@ impl Daemon {
                         );
                         shutdown = Some(Instant::now());
                         self.shut_down(&mut service);
+                    }
+                    METRICS => {
+                        if let Some(m) = &self.metrics {
+                            m.publish(|| service.publish_metrics());
+                        }
                     }
                     _ => {}
                 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod mem;
+pub mod metrics;
 pub mod pipe;
 pub mod reactor;
 pub mod signals;

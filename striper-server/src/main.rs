@@ -18,13 +18,16 @@ use pipes::proto::handshake::{ClientHello, Kind, Secret, SessionId, Status, shor
 use pipes::proto::noise::Keys;
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
+use striper_core::cli::{AuthOpts, Command, ConfigOpts, MetricsOpts, TuningOpts};
 use striper_core::config::{join_addrs, log_fd_limit, parse_secs, parse_size, resolve};
 use striper_core::daemon::{Daemon, Service};
+use striper_core::metrics::{Recorder, Snapshot};
 use striper_core::reactor::TICK;
-use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
+use striper_core::{
+    Bridge, Ctx, ErrorKind, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+};
 
-use admission::{Admission, Candidate};
+use admission::{Admission, Candidate, REFUSAL_KINDS};
 use handshake::{Handshake, Progress};
 
 /// Accept striped sessions from stripe-clients and relay each to a target.
@@ -99,6 +102,9 @@ struct Opts {
 
     #[command(flatten)]
     tuning: TuningOpts,
+
+    #[command(flatten)]
+    metrics: MetricsOpts,
 }
 
 /// Finished session ids remembered, so a stripe naming one is refused.
@@ -169,6 +175,7 @@ struct Server {
     sessions: HashMap<SessionId, usize>,
     finished: HashSet<SessionId>,
     finished_order: VecDeque<SessionId>,
+    recorder: Recorder,
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
@@ -180,6 +187,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let targets = resolve("target", &target)?;
     // Sessions of the client's default 4 stripes: the usual case.
     log_fd_limit(4, Some(opts.max_sessions as u64));
+    let (recorder, metrics) = Recorder::new(&REFUSAL_KINDS);
     let server = Server {
         reactor: Reactor::new().map_err(|e| e.to_string())?,
         cfg,
@@ -198,13 +206,18 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         sessions: HashMap::new(),
         finished: HashSet::new(),
         finished_order: VecDeque::new(),
+        recorder,
     };
-    let (daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
+    let (mut daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
     info!(
         "listening on {local}, relaying sessions to target {} ({})",
         server.target_name,
         join_addrs(&server.targets)
     );
+    if let Some(addr) = &opts.metrics.metrics {
+        let local = daemon.export_metrics(server.reactor.registry(), addr, metrics)?;
+        info!("serving metrics at http://{local}/metrics");
+    }
     if server.cfg.key.is_none() {
         warn!(
             "running WITHOUT authentication (--insecure-no-auth): anyone who can reach {local} \
@@ -274,6 +287,22 @@ impl Service for Server {
     fn sessions(&mut self) -> usize {
         self.sessions.len()
     }
+
+    fn publish_metrics(&mut self) {
+        let mut live = Snapshot::default();
+        for (_, t) in self.reactor.iter() {
+            if let ServerTask::Session(s) = t {
+                report::add_live(&mut live, s.bridge.a(), to_peer_first(&s.bridge));
+            }
+        }
+        self.recorder.publish(&live);
+    }
+}
+
+/// The bridge's B side is the target: B to A is to the peer.
+fn to_peer_first(bridge: &Bridge<StripedPipe, TcpPipe>) -> (u64, u64) {
+    let (ab, ba) = bridge.bytes();
+    (ba, ab)
 }
 
 impl Server {
@@ -315,6 +344,7 @@ impl Server {
         } else {
             "in progress"
         };
+        self.recorder.refused("evicted");
         self.admission.refuse(
             h.peer(),
             class,
@@ -327,7 +357,14 @@ impl Server {
         true
     }
 
-    fn refuse_once(&mut self, peer: SocketAddr, class: &'static str, why: &str) {
+    fn refuse_once(
+        &mut self,
+        peer: SocketAddr,
+        class: &'static str,
+        why: &str,
+        kind: &'static str,
+    ) {
+        self.recorder.refused(kind);
         self.admission.refuse(peer, class, why, Instant::now());
     }
 
@@ -344,6 +381,8 @@ impl Server {
                 }
                 self.remember_finished(id);
                 log_close(&s, &self.target_name);
+                let totals = report::totals(s.bridge.a(), to_peer_first(&s.bridge));
+                self.recorder.closed(s.bridge.outcome(), &totals);
             }
         }
     }
@@ -362,7 +401,9 @@ impl Server {
     /// A handshake stopped: it failed, has a hello to judge, or is complete.
     fn handshake_step(&mut self, mut h: Handshake) {
         match h.progress() {
-            Progress::Failed { class, why } => self.refuse_once(h.peer(), class, &why),
+            Progress::Failed { class, why } => {
+                self.refuse_once(h.peer(), class, &why, admission::failure_kind(class))
+            }
             Progress::HelloReceived(hello) => {
                 self.admission.authenticated(h.peer(), Instant::now());
                 let status = self.judge(&hello);
@@ -380,7 +421,8 @@ impl Server {
                         hello.index,
                         short_id(&hello.session)
                     );
-                    self.refuse_once(h.peer(), "was refused a stripe", &why);
+                    let kind = admission::status_kind(status);
+                    self.refuse_once(h.peer(), "was refused a stripe", &why, kind);
                     return;
                 }
                 let peer = h.peer();
@@ -460,6 +502,10 @@ impl Server {
             (keys, &secret),
             Instant::now(),
         ) {
+            self.recorder.refused(match e.kind {
+                ErrorKind::Protocol => "join_refused",
+                _ => "other",
+            });
             warn!(
                 "stripe {} from {peer} could not join session {}: {e}",
                 hello.index,
