@@ -2,7 +2,8 @@
 //! pass `systemd-analyze verify`, and both programs, started from the
 //! example configs with `$NOTIFY_SOCKET` set as systemd sets it, report
 //! READY=1 once they listen, their session count as STATUS, and
-//! STOPPING=1 at SIGTERM, while carrying bytes intact.
+//! STOPPING=1 at SIGTERM, while carrying bytes intact; their log lines to
+//! the journal carry syslog priorities.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -244,5 +245,58 @@ fn both_programs_notify_ready_status_and_stopping() {
             "{} after SIGTERM: {status:?}",
             proc.name()
         );
+    }
+}
+
+/// Runs stripe-server with a key file that does not exist, standard error
+/// to a file, and `JOURNAL_STREAM` set to `journal(file's dev, inode)`;
+/// returns what it wrote.
+fn failed_start_log(dir: &TempDir, journal: impl Fn(u64, u64) -> Option<String>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.path().join("stderr");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut cmd = Command::new(harness::bin("stripe-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--target", "127.0.0.1:9"])
+        .args(["--key-file", "/nonexistent/striper.key"])
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file);
+    if let Some(v) = journal(meta.dev(), meta.ino()) {
+        cmd.env("JOURNAL_STREAM", v);
+    }
+    let status = cmd.status().expect("run stripe-server");
+    assert_eq!(status.code(), Some(2), "a missing key file stops the start");
+    std::fs::read_to_string(&path).unwrap()
+}
+
+#[test]
+fn logs_to_the_journal_carry_priorities_instead_of_timestamps() {
+    let dir = TempDir::new("journal");
+    let log = failed_start_log(&dir, |dev, ino| Some(format!("{dev}:{ino}")));
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<3>ERROR ") && l.contains("cannot read key file")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with('<') && !l.contains("[20")),
+        "{log}"
+    );
+    // Inherited by a process whose standard error went elsewhere: the
+    // variable names another stream, and the usual format stays.
+    for other in [
+        None,
+        Some(|dev: u64, ino: u64| format!("{dev}:{}", ino + 1)),
+    ] {
+        let log = failed_start_log(&dir, |dev, ino| other.map(|f| f(dev, ino)));
+        assert!(
+            log.lines().all(|l| l.starts_with("[20")) && !log.contains("<3>"),
+            "{log}"
+        );
+        assert!(log.contains("cannot read key file"), "{log}");
     }
 }
