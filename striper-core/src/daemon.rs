@@ -12,6 +12,10 @@
 //! [`SHUTDOWN_GRACE`]. A second signal exits at once, with status 130.
 //! Without a listener (the client's `--stdio`), the program exits when its
 //! last task finishes.
+//!
+//! Under systemd (`Type=notify`, see [`crate::notify`]) the loop reports
+//! READY=1 as it starts, the number of open sessions as STATUS (at most
+//! once per [`STATUS_EVERY`]) and STOPPING=1 at the first signal.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +30,7 @@ use mio::{Interest, Registry, Token};
 use crate::config::{bind_first, resolve};
 use crate::mem::Trimmer;
 use crate::metrics::http::Exporter;
+use crate::notify;
 use crate::pipe::{ErrorKind, PipeError};
 use crate::reactor::{Reactor, Task};
 use crate::signals::Signals;
@@ -41,6 +46,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Out of descriptors, accepting pauses this long: a failing accept leaves
 /// the connection queued, and retrying at once would spin.
 pub const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+/// The session count in systemd's STATUS line changes at most this often:
+/// a burst of sessions costs one datagram, not one each.
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// What a binary puts in the skeleton: its tasks and what to do with them.
 pub trait Service {
@@ -119,6 +127,8 @@ pub struct Daemon {
     starved: u64,
     /// The `--metrics` responder, when there is one.
     metrics: Option<Exporter>,
+    /// What the program does, for systemd's STATUS line.
+    doing: String,
 }
 
 impl Daemon {
@@ -133,6 +143,7 @@ impl Daemon {
             starved_until: None,
             starved: 0,
             metrics: None,
+            doing: "running".to_string(),
         })
     }
 
@@ -164,6 +175,7 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         let mut daemon = Daemon::new(registry)?;
         daemon.listener = Some(listener);
+        daemon.doing = format!("listening on {local}");
         Ok((daemon, local))
     }
 
@@ -175,10 +187,16 @@ impl Daemon {
         let mut shutdown: Option<Instant> = None;
         let mut trimmer = Trimmer::new();
         let mut next_chore: Option<Instant> = None;
+        let mut status = Status::new(std::mem::take(&mut self.doing), service.sessions());
+        notify::ready_with_status(&status.line(status.shown));
+        let mut next_status: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let mut wait = trimmer.poll(now);
-            for at in [next_chore, self.starved_until].into_iter().flatten() {
+            for at in [next_chore, self.starved_until, next_status]
+                .into_iter()
+                .flatten()
+            {
                 let d = at.saturating_duration_since(now);
                 wait = Some(wait.map_or(d, |w| w.min(d)));
             }
@@ -194,11 +212,13 @@ impl Daemon {
                             info!(target: target, "second signal: exiting now");
                             return Ok(ExitCode::from(130));
                         }
+                        let open = service.sessions();
                         info!(
                             target: target,
-                            "signal received: no new connections; closing {} session(s)",
-                            service.sessions()
+                            "signal received: no new connections; closing {open} session(s)"
                         );
+                        notify::stopping();
+                        notify::status(&format!("shutting down: closing {open} session(s)"));
                         shutdown = Some(Instant::now());
                         self.shut_down(&mut service);
                     }
@@ -229,6 +249,9 @@ impl Daemon {
                 self.accept_all(&mut service);
             }
             next_chore = service.housekeeping(now);
+            if shutdown.is_none() {
+                next_status = status.poll(now, service.sessions());
+            }
             let left = service.reactor().len();
             if self.listener.is_none() && left == 0 {
                 return Ok(service.exit_code());
@@ -319,5 +342,46 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// systemd's STATUS line: what the program does and how many sessions are
+/// open, sent when the count changes, at most once per [`STATUS_EVERY`].
+struct Status {
+    doing: String,
+    /// Off outside systemd: nothing to tell, no timer to set.
+    enabled: bool,
+    shown: usize,
+    sent: Instant,
+}
+
+impl Status {
+    fn new(doing: String, sessions: usize) -> Status {
+        Status {
+            doing,
+            enabled: notify::enabled(),
+            shown: sessions,
+            sent: Instant::now(),
+        }
+    }
+
+    fn line(&self, sessions: usize) -> String {
+        format!("{}; {sessions} session(s) open", self.doing)
+    }
+
+    /// Sends the count if it changed and the last line is old enough;
+    /// otherwise says when to look again (`None`: nothing pending).
+    fn poll(&mut self, now: Instant, sessions: usize) -> Option<Instant> {
+        if !self.enabled || sessions == self.shown {
+            return None;
+        }
+        let due = self.sent + STATUS_EVERY;
+        if now < due {
+            return Some(due);
+        }
+        notify::status(&self.line(sessions));
+        self.shown = sessions;
+        self.sent = now;
+        None
     }
 }
