@@ -91,6 +91,17 @@ impl Stripe {
         let mut s = Stripe::new(cfg, tcp, StripeState::Connecting);
         s.join = hello.kind == Kind::Join;
         s.first_flight = Some(first);
+        // A connect that completed in the call (loopback, often a LAN) takes
+        // the first flight at once, before this client dials its other
+        // stripes: a burst of sessions then leaves no connection silent at
+        // the server for the time the rest of the burst takes.
+        let now = Instant::now();
+        if s.framed.inner_mut().connected_at_once(now) {
+            s.since = Some(now);
+            s.send_first_flight(cfg, now);
+            // An error stays with the connection and shows at its next use.
+            let _ = s.flush();
+        }
         Ok(s)
     }
 
@@ -190,12 +201,16 @@ impl Stripe {
         if !self.framed.inner().is_connected() {
             return Ok(());
         }
+        self.send_first_flight(cfg, now);
+        Ok(())
+    }
+
+    fn send_first_flight(&mut self, cfg: &StripedConfig, now: Instant) {
         self.tune(cfg);
         let (hs, bytes) = self.first_flight.take().expect("made when dialling");
         self.framed.queue_raw(&bytes);
         self.handshake = Some(hs);
         self.set_state(StripeState::AwaitAnswer, now);
-        Ok(())
     }
 
     /// Client: reads the server's answer. `Ok(None)` while it is not all

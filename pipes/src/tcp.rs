@@ -106,6 +106,13 @@ impl TcpPipe {
         self.state == State::Open
     }
 
+    /// Whether a connect just started has already completed (on loopback
+    /// the handshake runs inside the call). A failure is kept for the next
+    /// [`TcpPipe::poll_connect`], which moves on to the next address.
+    pub fn connected_at_once(&mut self, now: Instant) -> bool {
+        self.check_connect(now).is_ok() && self.is_connected()
+    }
+
     pub fn is_connecting(&self) -> bool {
         matches!(self.state, State::Connecting { .. })
     }
