@@ -1,5 +1,5 @@
-//! The skeleton both binaries run: the listener, SIGINT and SIGTERM, the
-//! event loop and the shutdown.
+//! The skeleton both binaries run: the listeners, SIGINT and SIGTERM,
+//! SIGHUP (reload), the event loop and the shutdown.
 //!
 //! A [`Service`] (the client's tunnels, the server's handshakes and
 //! sessions) owns its [`Reactor`] and says what an accepted connection
@@ -10,8 +10,14 @@
 //! ("NAME is shutting down", which a striped pipe passes on to its peer in
 //! an RST); the program exits once the tasks are gone, or after
 //! [`SHUTDOWN_GRACE`]. A second signal exits at once, with status 130.
-//! Without a listener (the client's `--stdio`), the program exits when its
-//! last task finishes.
+//! Without listeners (the client's `--stdio`), the program exits when its
+//! last task finishes, and SIGHUP keeps its default meaning (a hangup ends
+//! the program).
+//!
+//! A listening daemon holds a small set of [`Listeners`], each with its own
+//! token; [`Service::accepted`] learns which one a connection came from.
+//! SIGHUP calls [`Service::reload`], which may bind and close listeners
+//! while every task runs on untouched.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,13 +31,18 @@ use mio::{Interest, Registry, Token};
 use crate::config::{bind_first, resolve};
 use crate::mem::Trimmer;
 use crate::pipe::{ErrorKind, PipeError};
-use crate::reactor::{Reactor, Task};
+use crate::reactor::{Reactor, SPAN, Task};
 use crate::signals::Signals;
 
-/// The listener's token, in the application's block of the reactor.
-pub const LISTENER: Token = Token(0);
-/// The signal pipe's token.
-pub const SIGNALS: Token = Token(1);
+/// The signal pipe's token (SIGINT, SIGTERM), in the application's block
+/// of the reactor.
+pub const SIGNALS: Token = Token(0);
+/// SIGHUP's pipe: a reload.
+pub const RELOAD: Token = Token(1);
+/// Listeners take the rest of the application's block, one token each.
+const FIRST_LISTENER: usize = 2;
+/// Most listeners one daemon holds at once.
+pub const MAX_LISTENERS: usize = SPAN - FIRST_LISTENER;
 /// Sessions get this long to send their RSTs after a signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Out of descriptors, accepting pauses this long: a failing accept leaves
@@ -50,8 +61,14 @@ pub trait Service {
 
     fn reactor(&mut self) -> &mut Reactor<Self::Task>;
 
-    /// A connection taken off the listen queue.
-    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr);
+    /// A connection taken off `listener`'s listen queue.
+    fn accepted(&mut self, listener: ListenerId, stream: TcpStream, peer: SocketAddr);
+
+    /// SIGHUP: re-read the settings and apply what can change at run time
+    /// (`listeners` may be bound and closed here). Tasks are not touched.
+    fn reload(&mut self, _listeners: &mut Listeners) {
+        info!(target: Self::LOG_TARGET, "SIGHUP received: nothing to reload");
+    }
 
     /// Whether to take another connection now. `false` pauses accepting:
     /// connections wait in the kernel's listen queue, and the loop asks
@@ -98,10 +115,87 @@ pub trait Service {
     }
 }
 
-/// The listener and the signal pipe, registered with a service's reactor.
+/// One of a daemon's listeners; stays the same while the listener lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerId(usize);
+
+/// A daemon's listening sockets, each registered under its own token.
+#[derive(Default)]
+pub struct Listeners {
+    slots: Vec<Option<TcpListener>>,
+}
+
+impl Listeners {
+    /// Listens on `addr` (`HOST:PORT`); returns the listener's id and the
+    /// address bound, for the binary's "listening on" line.
+    pub fn bind(
+        &mut self,
+        registry: &Registry,
+        addr: &str,
+    ) -> Result<(ListenerId, SocketAddr), String> {
+        let addrs = resolve("listen address", addr)?;
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.slots.len() < MAX_LISTENERS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => {
+                return Err(format!(
+                    "cannot listen on {addr}: at most {MAX_LISTENERS} listeners"
+                ));
+            }
+        };
+        let mut listener =
+            bind_first(&addrs).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        registry
+            .register(
+                &mut listener,
+                Token(FIRST_LISTENER + slot),
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        self.slots[slot] = Some(listener);
+        Ok((ListenerId(slot), local))
+    }
+
+    /// Stops listening on `id`: connections already accepted go on;
+    /// those still in its listen queue are refused by the kernel.
+    pub fn close(&mut self, registry: &Registry, id: ListenerId) {
+        if let Some(mut l) = self.slots.get_mut(id.0).and_then(Option::take) {
+            let _ = registry.deregister(&mut l);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn ids(&self) -> Vec<ListenerId> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some())
+            .map(ListenerId)
+            .collect()
+    }
+
+    fn id_of(token: Token) -> Option<ListenerId> {
+        token.0.checked_sub(FIRST_LISTENER).map(ListenerId)
+    }
+}
+
+/// The listeners and the signal pipes, registered with a service's reactor.
 pub struct Daemon {
-    listener: Option<TcpListener>,
+    listeners: Listeners,
+    /// Whether the program serves listeners (rather than one task).
+    listening: bool,
     signals: Signals,
+    /// SIGHUP, when listening.
+    hangup: Option<Signals>,
     /// Accepting stopped at [`Service::admit`]; connections wait in the
     /// kernel's listen queue.
     paused: bool,
@@ -118,27 +212,39 @@ impl Daemon {
         let signals = Signals::register(registry, SIGNALS)
             .map_err(|e| format!("cannot set up signal handling: {e}"))?;
         Ok(Daemon {
-            listener: None,
+            listeners: Listeners::default(),
+            listening: false,
             signals,
+            hangup: None,
             paused: false,
             starved_until: None,
             starved: 0,
         })
     }
 
+    /// Handles signals, SIGHUP included, and serves the listeners bound
+    /// with [`Daemon::listeners`]; runs until a signal even with none.
+    pub fn listening(registry: &Registry) -> Result<Daemon, String> {
+        let mut daemon = Daemon::new(registry)?;
+        daemon.hangup = Some(
+            Signals::register_hangup(registry, RELOAD)
+                .map_err(|e| format!("cannot set up signal handling: {e}"))?,
+        );
+        daemon.listening = true;
+        Ok(daemon)
+    }
+
     /// Listens on `listen` (`HOST:PORT`) and handles signals; returns the
     /// address bound, for the binary's "listening on" line.
     pub fn listen(registry: &Registry, listen: &str) -> Result<(Daemon, SocketAddr), String> {
-        let addrs = resolve("listen address", listen)?;
-        let mut listener =
-            bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        registry
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        let mut daemon = Daemon::new(registry)?;
-        daemon.listener = Some(listener);
+        let mut daemon = Daemon::listening(registry)?;
+        let (_, local) = daemon.listeners.bind(registry, listen)?;
         Ok((daemon, local))
+    }
+
+    /// The listeners, to bind more before [`Daemon::serve`].
+    pub fn listeners(&mut self) -> &mut Listeners {
+        &mut self.listeners
     }
 
     /// Runs the loop until the program is to exit.
@@ -162,7 +268,13 @@ impl Daemon {
                 .map_err(|e| format!("event loop failed: {e}"))?;
             for (token, _) in own.drain(..) {
                 match token {
-                    LISTENER if shutdown.is_none() => self.accept_all(&mut service),
+                    // (A reload's byte is read even during shutdown.)
+                    RELOAD
+                        if self.hangup.as_mut().is_some_and(Signals::take)
+                            && shutdown.is_none() =>
+                    {
+                        self.reload(&mut service)
+                    }
                     SIGNALS if self.signals.take() => {
                         if shutdown.is_some() {
                             info!(target: target, "second signal: exiting now");
@@ -175,6 +287,12 @@ impl Daemon {
                         );
                         shutdown = Some(Instant::now());
                         self.shut_down(&mut service);
+                    }
+                    SIGNALS => {}
+                    _ if shutdown.is_none() => {
+                        if let Some(id) = Listeners::id_of(token) {
+                            self.accept_from(&mut service, id);
+                        }
                     }
                     _ => {}
                 }
@@ -196,7 +314,7 @@ impl Daemon {
             }
             next_chore = service.housekeeping(now);
             let left = service.reactor().len();
-            if self.listener.is_none() && left == 0 {
+            if !self.listening && left == 0 {
                 return Ok(service.exit_code());
             }
             if let Some(since) = shutdown {
@@ -212,11 +330,25 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP. The two hooks around [`Service::reload`] are where a
+    /// service manager is told (sd-notify `RELOADING=1`, then `READY=1`).
+    fn reload<S: Service>(&mut self, service: &mut S) {
+        self.reload_started();
+        service.reload(&mut self.listeners);
+        self.reload_finished();
+    }
+
+    /// Hook: a reload begins (nothing to do yet).
+    fn reload_started(&mut self) {}
+
+    /// Hook: a reload is over, applied or refused (nothing to do yet).
+    fn reload_finished(&mut self) {}
+
     /// Stops listening and aborts every task; they run at once to send
     /// their goodbyes.
     fn shut_down<S: Service>(&mut self, service: &mut S) {
-        if let Some(listener) = &mut self.listener {
-            let _ = service.reactor().registry().deregister(listener);
+        for id in self.listeners.ids() {
+            self.listeners.close(service.reactor().registry(), id);
         }
         let reason = PipeError::new(ErrorKind::Shutdown, format!("{} is shutting down", S::NAME));
         let reactor = service.reactor();
@@ -226,9 +358,16 @@ impl Daemon {
         reactor.wake_all();
     }
 
-    /// Accepts until the listen queue is empty or the service pauses.
+    /// Accepts on every listener (after a pause).
     fn accept_all<S: Service>(&mut self, service: &mut S) {
-        let Some(listener) = &mut self.listener else {
+        for id in self.listeners.ids() {
+            self.accept_from(service, id);
+        }
+    }
+
+    /// Accepts until `id`'s listen queue is empty or the service pauses.
+    fn accept_from<S: Service>(&mut self, service: &mut S, id: ListenerId) {
+        let Some(Some(listener)) = self.listeners.slots.get_mut(id.0) else {
             return;
         };
         if self.starved_until.is_some() {
@@ -252,7 +391,7 @@ impl Daemon {
                         );
                         self.starved = 0;
                     }
-                    service.accepted(stream, peer)
+                    service.accepted(id, stream, peer)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.paused {

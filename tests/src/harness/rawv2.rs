@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use pipes::proto::auth::Key;
 use pipes::proto::frame::{self, ACK_FIN, FrameType, ResetReason};
 use pipes::proto::handshake::{
-    ClientHandshake, ClientHello, ClientStep, Kind, Secret, SessionId, Status,
+    ClientHandshake, ClientHello, ClientStep, Kind, Secret, SessionId, Status, TargetName,
 };
 use pipes::proto::noise::SERVER_ANSWER_LEN;
 use pipes::proto::seal::{Opener, Sealer};
@@ -48,6 +48,7 @@ pub fn hello(kind: Kind, index: u8, count: u8, session: SessionId) -> ClientHell
         session,
         window: WINDOW,
         max_payload: MAX_PAYLOAD,
+        target: TargetName::DEFAULT,
     }
 }
 
