@@ -82,7 +82,8 @@ struct Opts {
 
     /// With --stdio: the server's target to ask for (default: the
     /// server's default target).
-    #[arg(long, value_name = "NAME", value_parser = parse_target_name, requires = "stdio")]
+    #[arg(long, value_name = "NAME", value_parser = parse_target_name,
+          conflicts_with_all = ["listen", "forward"])]
     target_name: Option<TargetName>,
 
     /// The stripe-server, HOST:PORT (a name, an IPv4 address or [IPv6]:PORT).

@@ -23,7 +23,7 @@
 //!   the byte-for-byte comparison is already stronger than any hash.
 //! * [`HeldSession`] keeps a checked echo session open (paced, and paused
 //!   at a given offset) while a test does something else to the tunnel.
-//! * [`rawv2`] is a client stripe made by hand from the protocol (v2
+//! * [`rawv2`] is a client stripe made by hand from the protocol (v3
 //!   handshake, sealed frames), for the security and hostile-peer tests.
 //!
 //! Every blocking socket call has a timeout ([`IO_TIMEOUT`]) and every wait

@@ -1,4 +1,4 @@
-//! A client stripe made by hand from the protocol (v2), for the tests that
+//! A client stripe made by hand from the protocol (v3; the module kept its name), for the tests that
 //! must send what the real stripe-client never sends: frames that break
 //! the protocol, a session's id with another secret, a handshake on a
 //! chosen source address.
