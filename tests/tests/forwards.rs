@@ -6,6 +6,7 @@
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use striper_tests::harness::{
@@ -345,4 +346,76 @@ fn a_removed_forward_stops_accepting_while_its_live_session_finishes_intact() {
     harness::assert_echo_session(fa, 9, 256 << 10);
     assert_eq!((ta.accepted(), tb.accepted()), (1, 1));
     client.assert_healthy();
+}
+
+/// A child process ended (by PID) when dropped, so a failing test leaves
+/// nothing running.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn stdio_with_a_target_name_reaches_that_target() {
+    let (ta, tb) = (Target::start(echo), Target::start(echo));
+    let key = KeyFile::generate();
+    let dir = TempDir::new("forwards-stdio");
+    let scfg = Config::new(
+        &dir,
+        "server.toml",
+        &server_toml(
+            &key,
+            "127.0.0.1:0",
+            &[format!("a={}", ta.addr()), format!("b={}", tb.addr())],
+        ),
+    );
+    let mut server = start("stripe-server", "stripe-server", &scfg);
+    let mut client = Reaped(
+        Command::new(harness::bin("stripe-client"))
+            .args([
+                "--stdio",
+                "--stripes",
+                "2",
+                "--target-name",
+                "b",
+                "--server",
+            ])
+            .arg(server.addr().to_string())
+            .args(key.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stripe-client --stdio"),
+    );
+    let (pat, len) = (Pattern::new(10), 1 << 20);
+    let (mut stdin, mut stdout) = (
+        client.0.stdin.take().unwrap(),
+        client.0.stdout.take().unwrap(),
+    );
+    let p = pat.clone();
+    // Dropping standard input at the end is the application's EOF.
+    let writer = harness::background("stdin", move || harness::send(&mut stdin, &p, len, None));
+    let p = pat.clone();
+    let reader = harness::background("stdout", move || harness::receive(&mut stdout, Some(&p)));
+    let sent = writer.wait(WAIT).expect("write standard input");
+    reader
+        .wait(WAIT)
+        .assert_intact("stdio session to target b", sent, &pat, len);
+    let exited = harness::poll_until(WAIT, Duration::from_millis(10), || {
+        client.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(exited, "the stdio client exits after its session");
+    assert!(client.0.try_wait().unwrap().unwrap().success());
+    assert_eq!(
+        (ta.accepted(), tb.accepted()),
+        (0, 1),
+        "only target b was reached"
+    );
+    server.wait_log(&format!("-> target b {}", tb.addr()), WAIT);
+    server.assert_healthy();
 }
