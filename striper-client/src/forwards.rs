@@ -128,7 +128,8 @@ impl Listening {
     }
 
     fn apply(&mut self, listeners: &mut Listeners) -> Result<String, String> {
-        let (opts, _) = self.reload.read::<Opts>(&[])?;
+        // Every option applies to new sessions.
+        let (opts, _) = self.reload.read::<Opts>(|_| true)?;
         if opts.stdio {
             return Err("--stdio cannot be turned on by a reload".into());
         }

@@ -68,12 +68,13 @@ impl Reload {
     }
 
     /// The options from the command line and the file as it is now, and
-    /// those of `restart_only` whose values differ from the ones the
-    /// program started with (they keep their running values).
+    /// the long names of the options that `live` says cannot change at run
+    /// time but whose values differ from the ones the program started with
+    /// (the program keeps its running values for those).
     pub fn read<O: clap::Parser>(
         &self,
-        restart_only: &[&'static str],
-    ) -> Result<(O, Vec<&'static str>), String> {
+        live: impl Fn(&str) -> bool,
+    ) -> Result<(O, Vec<String>), String> {
         let app = O::command();
         let now = matches(&self.args, &app)?;
         let opts = O::from_arg_matches(&now).map_err(|e| first_line(&e.render().to_string()))?;
@@ -83,17 +84,13 @@ impl Reload {
                 .flatten()
                 .map_or_else(Vec::new, |v| v.map(OsString::from).collect())
         };
-        let changed = restart_only
-            .iter()
-            .copied()
-            .filter(|long| {
-                app.get_arguments()
-                    .find(|a| a.get_long() == Some(long))
-                    .is_some_and(|a| {
-                        let id = a.get_id().as_str();
-                        raw(&self.running, id) != raw(&now, id)
-                    })
+        let changed = app
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?, a.get_id().as_str())))
+            .filter(|&(long, id)| {
+                long != "config" && !live(long) && raw(&self.running, id) != raw(&now, id)
             })
+            .map(|(long, _)| long.to_string())
             .collect();
         Ok((opts, changed))
     }

@@ -92,15 +92,16 @@ pub fn describe(targets: &Targets) -> String {
         .join(", ")
 }
 
-/// Options a reload cannot change: the listening socket, the admission
-/// limits it was built with, and the key (it also checks re-dialed stripes
-/// of live sessions, whose clients hold the old one).
-const RESTART_ONLY: &[&str] = &[
-    "listen",
-    "max-pending",
-    "max-pending-per-source",
-    "key-file",
-    "insecure-no-auth",
+/// Options a reload applies (to new sessions). The others need a restart:
+/// the listening socket, the admission limits it was built with, the key
+/// (it also checks re-dialed stripes of live sessions, whose clients hold
+/// the old one) and the tuning (announced again to those stripes).
+const LIVE: &[&str] = &[
+    "target",
+    "max-sessions",
+    "max-stripes",
+    "memory-budget",
+    "handshake-timeout",
 ];
 
 impl Server {
@@ -115,7 +116,7 @@ impl Server {
         info!("SIGHUP received: reloading {path}");
         let applied = self
             .reload
-            .read::<Opts>(RESTART_ONLY)
+            .read::<Opts>(|long| LIVE.contains(&long))
             .and_then(|(opts, changed)| Ok((resolve_targets(&opts.target)?, opts, changed)));
         let (targets, opts, changed) = match applied {
             Ok(x) => x,

@@ -223,15 +223,17 @@ fn sighup_adds_a_forward_and_a_target_while_a_live_session_moves_bytes_intact() 
         "the live session moved its first MiB"
     );
 
-    // The server learns target b (and is told its listen address needs a
-    // restart); then the client a forward to it.
-    scfg.set(&server_toml(
+    // The server learns target b (and says its listen address and window
+    // need a restart); then the client a forward to it.
+    let more = server_toml(
         &key,
         "127.0.0.2:0",
         &[format!("a={}", ta.addr()), format!("b={}", tb.addr())],
-    ));
+    );
+    scfg.set(&format!("{more}window = \"8M\"\n"));
     reload(&mut server, 1);
     server.wait_log("--listen changed", WAIT);
+    server.wait_log("--window changed", WAIT);
     server.wait_log(&format!("b -> {}", tb.addr()), WAIT);
     ccfg.set(&client_toml(
         &key,
