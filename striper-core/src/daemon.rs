@@ -1,5 +1,5 @@
-//! The skeleton both binaries run: the listener, SIGINT and SIGTERM, the
-//! event loop and the shutdown.
+//! The skeleton both binaries run: the listeners, SIGINT and SIGTERM,
+//! SIGHUP (reload), the event loop and the shutdown.
 //!
 //! A [`Service`] (the client's tunnels, the server's handshakes and
 //! sessions) owns its [`Reactor`] and says what an accepted connection
@@ -10,12 +10,19 @@
 //! ("NAME is shutting down", which a striped pipe passes on to its peer in
 //! an RST); the program exits once the tasks are gone, or after
 //! [`SHUTDOWN_GRACE`]. A second signal exits at once, with status 130.
-//! Without a listener (the client's `--stdio`), the program exits when its
-//! last task finishes.
+//! Without listeners (the client's `--stdio`), the program exits when its
+//! last task finishes, and SIGHUP keeps its default meaning (a hangup ends
+//! the program).
+//!
+//! A listening daemon holds a small set of [`Listeners`], each with its own
+//! token; [`Service::accepted`] learns which one a connection came from.
+//! SIGHUP calls [`Service::reload`], which may bind and close listeners
+//! while every task runs on untouched.
 //!
 //! Under systemd (`Type=notify`, see [`crate::notify`]) the loop reports
 //! READY=1 as it starts, the number of open sessions as STATUS (at most
-//! once per [`STATUS_EVERY`]) and STOPPING=1 at the first signal.
+//! once per [`STATUS_EVERY`]), RELOADING=1 then READY=1 around a reload and
+//! STOPPING=1 at the first signal.
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,15 +39,20 @@ use crate::mem::Trimmer;
 use crate::metrics::http::Exporter;
 use crate::notify;
 use crate::pipe::{ErrorKind, PipeError};
-use crate::reactor::{Reactor, Task};
+use crate::reactor::{Reactor, SPAN, Task};
 use crate::signals::Signals;
 
-/// The listener's token, in the application's block of the reactor.
-pub const LISTENER: Token = Token(0);
-/// The signal pipe's token.
-pub const SIGNALS: Token = Token(1);
+/// The signal pipe's token (SIGINT, SIGTERM), in the application's block
+/// of the reactor.
+pub const SIGNALS: Token = Token(0);
+/// SIGHUP's pipe: a reload.
+pub const RELOAD: Token = Token(1);
 /// The metrics responder's waker: a scrape wants fresh figures.
 pub const METRICS: Token = Token(2);
+/// Listeners take the rest of the application's block, one token each.
+const FIRST_LISTENER: usize = 3;
+/// Most listeners one daemon holds at once.
+pub const MAX_LISTENERS: usize = SPAN - FIRST_LISTENER;
 /// Sessions get this long to send their RSTs after a signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Out of descriptors, accepting pauses this long: a failing accept leaves
@@ -62,8 +74,14 @@ pub trait Service {
 
     fn reactor(&mut self) -> &mut Reactor<Self::Task>;
 
-    /// A connection taken off the listen queue.
-    fn accepted(&mut self, stream: TcpStream, peer: SocketAddr);
+    /// A connection taken off `listener`'s listen queue.
+    fn accepted(&mut self, listener: ListenerId, stream: TcpStream, peer: SocketAddr);
+
+    /// SIGHUP: re-read the settings and apply what can change at run time
+    /// (`listeners` may be bound and closed here). Tasks are not touched.
+    fn reload(&mut self, _listeners: &mut Listeners) {
+        info!(target: Self::LOG_TARGET, "SIGHUP received: nothing to reload");
+    }
 
     /// Whether to take another connection now. `false` pauses accepting:
     /// connections wait in the kernel's listen queue, and the loop asks
@@ -113,10 +131,97 @@ pub trait Service {
     }
 }
 
-/// The listener and the signal pipe, registered with a service's reactor.
+/// One of a daemon's listeners; stays the same while the listener lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerId(usize);
+
+/// A daemon's listening sockets, each registered under its own token.
+#[derive(Default)]
+pub struct Listeners {
+    slots: Vec<Option<TcpListener>>,
+}
+
+impl Listeners {
+    /// Listens on `addr` (`HOST:PORT`); returns the listener's id and the
+    /// address bound, for the binary's "listening on" line.
+    pub fn bind(
+        &mut self,
+        registry: &Registry,
+        addr: &str,
+    ) -> Result<(ListenerId, SocketAddr), String> {
+        let addrs = resolve("listen address", addr)?;
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.slots.len() < MAX_LISTENERS => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => {
+                return Err(format!(
+                    "cannot listen on {addr}: at most {MAX_LISTENERS} listeners"
+                ));
+            }
+        };
+        let mut listener =
+            bind_first(&addrs).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        registry
+            .register(
+                &mut listener,
+                Token(FIRST_LISTENER + slot),
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        self.slots[slot] = Some(listener);
+        Ok((ListenerId(slot), local))
+    }
+
+    /// Stops listening on `id`: connections already accepted go on;
+    /// those still in its listen queue are refused by the kernel.
+    pub fn close(&mut self, registry: &Registry, id: ListenerId) {
+        if let Some(mut l) = self.slots.get_mut(id.0).and_then(Option::take) {
+            let _ = registry.deregister(&mut l);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The addresses listened on, for systemd's STATUS line.
+    fn addrs(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    fn ids(&self) -> Vec<ListenerId> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some())
+            .map(ListenerId)
+            .collect()
+    }
+
+    fn id_of(token: Token) -> Option<ListenerId> {
+        token.0.checked_sub(FIRST_LISTENER).map(ListenerId)
+    }
+}
+
+/// The listeners and the signal pipes, registered with a service's reactor.
 pub struct Daemon {
-    listener: Option<TcpListener>,
+    listeners: Listeners,
+    /// Whether the program serves listeners (rather than one task).
+    listening: bool,
     signals: Signals,
+    /// SIGHUP, when listening.
+    hangup: Option<Signals>,
     /// Accepting stopped at [`Service::admit`]; connections wait in the
     /// kernel's listen queue.
     paused: bool,
@@ -127,8 +232,6 @@ pub struct Daemon {
     starved: u64,
     /// The `--metrics` responder, when there is one.
     metrics: Option<Exporter>,
-    /// What the program does, for systemd's STATUS line.
-    doing: String,
 }
 
 impl Daemon {
@@ -137,13 +240,14 @@ impl Daemon {
         let signals = Signals::register(registry, SIGNALS)
             .map_err(|e| format!("cannot set up signal handling: {e}"))?;
         Ok(Daemon {
-            listener: None,
+            listeners: Listeners::default(),
+            listening: false,
             signals,
+            hangup: None,
             paused: false,
             starved_until: None,
             starved: 0,
             metrics: None,
-            doing: "running".to_string(),
         })
     }
 
@@ -163,20 +267,29 @@ impl Daemon {
         Ok(local)
     }
 
+    /// Handles signals, SIGHUP included, and serves the listeners bound
+    /// with [`Daemon::listeners`]; runs until a signal even with none.
+    pub fn listening(registry: &Registry) -> Result<Daemon, String> {
+        let mut daemon = Daemon::new(registry)?;
+        daemon.hangup = Some(
+            Signals::register_hangup(registry, RELOAD)
+                .map_err(|e| format!("cannot set up signal handling: {e}"))?,
+        );
+        daemon.listening = true;
+        Ok(daemon)
+    }
+
     /// Listens on `listen` (`HOST:PORT`) and handles signals; returns the
     /// address bound, for the binary's "listening on" line.
     pub fn listen(registry: &Registry, listen: &str) -> Result<(Daemon, SocketAddr), String> {
-        let addrs = resolve("listen address", listen)?;
-        let mut listener =
-            bind_first(&addrs).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        registry
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        let mut daemon = Daemon::new(registry)?;
-        daemon.listener = Some(listener);
-        daemon.doing = format!("listening on {local}");
+        let mut daemon = Daemon::listening(registry)?;
+        let (_, local) = daemon.listeners.bind(registry, listen)?;
         Ok((daemon, local))
+    }
+
+    /// The listeners, to bind more before [`Daemon::serve`].
+    pub fn listeners(&mut self) -> &mut Listeners {
+        &mut self.listeners
     }
 
     /// Runs the loop until the program is to exit.
@@ -187,7 +300,11 @@ impl Daemon {
         let mut shutdown: Option<Instant> = None;
         let mut trimmer = Trimmer::new();
         let mut next_chore: Option<Instant> = None;
-        let mut status = Status::new(std::mem::take(&mut self.doing), service.sessions());
+        let doing = match self.listeners.addrs() {
+            a if a.is_empty() => "running".to_string(),
+            a => format!("listening on {}", a.join(", ")),
+        };
+        let mut status = Status::new(doing, service.sessions());
         notify::ready_with_status(&status.line(status.shown));
         let mut next_status: Option<Instant> = None;
         loop {
@@ -206,7 +323,13 @@ impl Daemon {
                 .map_err(|e| format!("event loop failed: {e}"))?;
             for (token, _) in own.drain(..) {
                 match token {
-                    LISTENER if shutdown.is_none() => self.accept_all(&mut service),
+                    // (A reload's byte is read even during shutdown.)
+                    RELOAD
+                        if self.hangup.as_mut().is_some_and(Signals::take)
+                            && shutdown.is_none() =>
+                    {
+                        self.reload(&mut service)
+                    }
                     SIGNALS if self.signals.take() => {
                         if shutdown.is_some() {
                             info!(target: target, "second signal: exiting now");
@@ -225,6 +348,12 @@ impl Daemon {
                     METRICS => {
                         if let Some(m) = &self.metrics {
                             m.publish(|| service.publish_metrics());
+                        }
+                    }
+                    SIGNALS => {}
+                    _ if shutdown.is_none() => {
+                        if let Some(id) = Listeners::id_of(token) {
+                            self.accept_from(&mut service, id);
                         }
                     }
                     _ => {}
@@ -253,7 +382,7 @@ impl Daemon {
                 next_status = status.poll(now, service.sessions());
             }
             let left = service.reactor().len();
-            if self.listener.is_none() && left == 0 {
+            if !self.listening && left == 0 {
                 return Ok(service.exit_code());
             }
             if let Some(since) = shutdown {
@@ -269,11 +398,29 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP. The two hooks around [`Service::reload`] are where a
+    /// service manager is told (sd-notify `RELOADING=1`, then `READY=1`).
+    fn reload<S: Service>(&mut self, service: &mut S) {
+        self.reload_started();
+        service.reload(&mut self.listeners);
+        self.reload_finished();
+    }
+
+    /// A reload begins: systemd waits for its end (`systemctl reload`).
+    fn reload_started(&mut self) {
+        notify::reloading();
+    }
+
+    /// A reload is over, applied or refused: ready again.
+    fn reload_finished(&mut self) {
+        notify::ready();
+    }
+
     /// Stops listening and aborts every task; they run at once to send
     /// their goodbyes.
     fn shut_down<S: Service>(&mut self, service: &mut S) {
-        if let Some(listener) = &mut self.listener {
-            let _ = service.reactor().registry().deregister(listener);
+        for id in self.listeners.ids() {
+            self.listeners.close(service.reactor().registry(), id);
         }
         let reason = PipeError::new(ErrorKind::Shutdown, format!("{} is shutting down", S::NAME));
         let reactor = service.reactor();
@@ -283,9 +430,16 @@ impl Daemon {
         reactor.wake_all();
     }
 
-    /// Accepts until the listen queue is empty or the service pauses.
+    /// Accepts on every listener (after a pause).
     fn accept_all<S: Service>(&mut self, service: &mut S) {
-        let Some(listener) = &mut self.listener else {
+        for id in self.listeners.ids() {
+            self.accept_from(service, id);
+        }
+    }
+
+    /// Accepts until `id`'s listen queue is empty or the service pauses.
+    fn accept_from<S: Service>(&mut self, service: &mut S, id: ListenerId) {
+        let Some(Some(listener)) = self.listeners.slots.get_mut(id.0) else {
             return;
         };
         if self.starved_until.is_some() {
@@ -309,7 +463,7 @@ impl Daemon {
                         );
                         self.starved = 0;
                     }
-                    service.accepted(stream, peer)
+                    service.accepted(id, stream, peer)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.paused {

@@ -196,7 +196,7 @@ impl Admission {
 
 /// The `kind` label of `striper_handshake_refusals_total`: a fixed list,
 /// whatever the peers send.
-pub const REFUSAL_KINDS: [&str; 13] = [
+pub const REFUSAL_KINDS: [&str; 14] = [
     "auth_failed",
     "bad_version",
     "not_striper",
@@ -209,6 +209,7 @@ pub const REFUSAL_KINDS: [&str; 13] = [
     "busy",
     "evicted",
     "join_refused",
+    "unknown_target",
     "other",
 ];
 
@@ -236,6 +237,7 @@ pub fn status_kind(status: Status) -> &'static str {
         Status::AuthFailed => "auth_failed",
         Status::BadVersion => "bad_version",
         Status::Malformed => "malformed",
+        Status::UnknownTarget => "unknown_target",
         _ => "other",
     }
 }

@@ -5,7 +5,7 @@
 use crate::proto::auth::Key;
 use crate::proto::handshake::{
     ClientHandshake, ClientHello, ClientStep, Kind, MAX_STRIPES, MIN_MAX_PAYLOAD, MIN_WINDOW,
-    ServerHandshake, ServerHello, ServerStep, Status,
+    ServerHandshake, ServerHello, ServerStep, Status, TargetName,
 };
 use crate::proto::noise::{ANSWER_PLAIN_LEN, HELLO_PLAIN_LEN};
 
@@ -46,6 +46,7 @@ fn hello() -> ClientHello {
         session: [9; 16],
         window: MIN_WINDOW,
         max_payload: MIN_MAX_PAYLOAD,
+        target: TargetName::DEFAULT,
     }
 }
 

@@ -11,7 +11,9 @@ use rand::RngExt;
 use striper_core::{ErrorKind, PipeError};
 
 use super::{Role, StripedConfig, StripedPipe};
-use crate::proto::handshake::{ClientHello, ClientStep, Kind, SECRET_LEN, SessionId, Status};
+use crate::proto::handshake::{
+    ClientHello, ClientStep, Kind, SECRET_LEN, SessionId, Status, TargetName,
+};
 use crate::stripe::{Stripe, StripeState};
 
 /// First re-dial delay; doubles per failed attempt up to the maximum.
@@ -19,11 +21,13 @@ const REDIAL_BASE: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
 impl StripedPipe {
-    /// A client session: starts connecting `count` stripes to `server`.
+    /// A client session for the server's `target`: starts connecting
+    /// `count` stripes to `server`.
     pub fn client(
         cfg: StripedConfig,
         servers: &[SocketAddr],
         server_name: &str,
+        target: TargetName,
         count: u8,
         id: SessionId,
     ) -> Result<StripedPipe, PipeError> {
@@ -33,6 +37,7 @@ impl StripedPipe {
             Role::Client {
                 servers: servers.to_vec(),
                 server_name: server_name.to_string(),
+                target,
             },
             cfg,
             id,
@@ -61,6 +66,7 @@ impl StripedPipe {
         let Role::Client {
             servers,
             server_name,
+            target,
         } = &self.role
         else {
             unreachable!("only clients dial");
@@ -76,6 +82,7 @@ impl StripedPipe {
             session: self.id,
             window: self.cfg.session.window,
             max_payload: self.cfg.session.max_payload,
+            target: *target,
         };
         Stripe::connect(&self.cfg, servers, server_name, &hello, &self.secret)
     }
@@ -173,6 +180,20 @@ impl StripedPipe {
                         return Err(self.fail(PipeError::new(
                             ErrorKind::Reset,
                             format!("{peer} no longer has this session"),
+                        )));
+                    }
+                    ClientStep::Refused(Status::UnknownTarget) => {
+                        // No other stripe can fare better: the name is
+                        // the session's.
+                        let what = match &self.role {
+                            Role::Client { target, .. } if !target.is_default() => {
+                                format!("target {target}")
+                            }
+                            _ => "default target".to_string(),
+                        };
+                        return Err(self.fail(PipeError::new(
+                            ErrorKind::Connect,
+                            format!("{peer} refused the session: unknown target: it has no {what}"),
                         )));
                     }
                     ClientStep::Refused(status) => {

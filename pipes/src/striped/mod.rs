@@ -37,7 +37,7 @@ use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 pub use crate::config::{StripedConfig, UnsentLimit};
 use crate::framed::{FramedError, Next};
 use crate::proto::frame::ResetReason;
-use crate::proto::handshake::{ClientHello, Secret, SessionId, same_secret, short_id};
+use crate::proto::handshake::{ClientHello, Secret, SessionId, TargetName, same_secret, short_id};
 use crate::proto::noise::Keys;
 use crate::proto::session::{Session, SessionError};
 use crate::stripe::{Stripe, StripeState};
@@ -62,6 +62,8 @@ enum Role {
         /// The server's addresses (a name may resolve to several).
         servers: Vec<SocketAddr>,
         server_name: String,
+        /// The server's target this session asks for.
+        target: TargetName,
     },
     Server,
 }

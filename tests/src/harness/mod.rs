@@ -25,7 +25,7 @@
 //!   at a given offset) while a test does something else to the tunnel.
 //! * [`Scrape`] reads a binary's `--metrics` endpoint and checks it with
 //!   `promtool`.
-//! * [`rawv2`] is a client stripe made by hand from the protocol (v2
+//! * [`rawv2`] is a client stripe made by hand from the protocol (v3
 //!   handshake, sealed frames), for the security and hostile-peer tests.
 //!
 //! Every blocking socket call has a timeout ([`IO_TIMEOUT`]) and every wait

@@ -199,7 +199,7 @@ fn preamble_failed(e: NoiseError) -> ServerStep {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClientHandshake, ClientStep, Kind};
+    use super::super::{ClientHandshake, ClientStep, Kind, TargetName};
     use super::*;
 
     fn hello() -> ClientHello {
@@ -210,6 +210,7 @@ mod tests {
             session: [1; 16],
             window: 1 << 20,
             max_payload: 1 << 16,
+            target: TargetName::DEFAULT,
         }
     }
 
