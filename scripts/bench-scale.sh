@@ -8,6 +8,8 @@
 #          bytes and sit idle; after SETTLE s, the CPU each relay process
 #          uses over WINDOW s (% of one core) and its resident memory per
 #          session (VmRSS growth / sessions); then WAKE of them echo again.
+#          WINDOW spans one whole idle keepalive interval (30 s): a shorter
+#          window may fall between two rounds of probes and show nothing.
 #   burst  BURST connections, BATCH at a time, each timed from connect to
 #          its first echoed byte (p50 / p99 / max), and the kernel's
 #          ListenOverflows and ListenDrops during the burst.
@@ -17,12 +19,12 @@
 # Exits non-zero only when a run is broken (a process failing, an echo
 # wrong), never for a figure.
 #
-# Env: SESSIONS (3500)  SETTLE (8)  WINDOW (10)  WAKE (200)  BURST (2000)
+# Env: SESSIONS (3500)  SETTLE (8)  WINDOW (30)  WAKE (200)  BURST (2000)
 #      BATCH (200)  STRIPES (4)  BASE (unset: no baseline)  HAPROXY (1)
 #      OUT (docs/bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SESSIONS=${SESSIONS:-3500} SETTLE=${SETTLE:-8} WINDOW=${WINDOW:-10} WAKE=${WAKE:-200}
+SESSIONS=${SESSIONS:-3500} SETTLE=${SETTLE:-8} WINDOW=${WINDOW:-30} WAKE=${WAKE:-200}
 BURST=${BURST:-2000} BATCH=${BATCH:-200} STRIPES=${STRIPES:-4} BASE=${BASE:-}
 HAPROXY=${HAPROXY:-1} OUT=${OUT:-docs/bench}
 PY="python3 scripts/bench_scale.py"

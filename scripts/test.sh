@@ -2,8 +2,10 @@
 # test.sh: everything the tests need, then every test in the workspace.
 #
 # The end-to-end tests start the real binaries (release builds, made by the
-# test harness itself) and a real sshd, so this installs OpenSSH first when
-# it is missing (as root, with apt-get; otherwise it says what to install).
+# test harness itself), a real sshd, check the metrics endpoint with
+# promtool and the systemd units with systemd-analyze, so this installs
+# OpenSSH, Prometheus (promtool) and systemd first when they are missing (as
+# root, with apt-get; otherwise it says what to install).
 # Extra arguments go to the test runner, e.g. `scripts/test.sh -E 'test(ssh)'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,12 +13,14 @@ cd "$(dirname "$0")/.."
 need=()
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || need+=(openssh-client)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "== installing ${need[*]} (the ssh end-to-end test needs them)"
+        echo "== installing ${need[*]} (the ssh, metrics and systemd tests need them)"
         apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
     else
-        echo "test.sh: please install ${need[*]} (the ssh end-to-end test needs them)" >&2
+        echo "test.sh: please install ${need[*]} (the ssh, metrics and systemd tests need them)" >&2
         exit 1
     fi
 fi

@@ -59,6 +59,13 @@ impl ReadBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            // A buffer that never grew is given back as soon as it is
+            // empty: an idle connection's occasional keepalive then holds
+            // no memory and needs no later wake-up to free it, and taking a
+            // small block from the allocator again costs next to nothing.
+            if self.buf.len() <= INITIAL {
+                self.buf = Vec::new();
+            }
         }
     }
 

@@ -227,9 +227,9 @@ impl FramedPipe {
     /// Frees the out buffer when nothing is in it (an idle stripe).
     pub fn release_idle(&mut self) {
         if self.is_idle() && self.out.capacity() > 0 {
+            striper_core::mem::note_freed(self.out.capacity());
             self.out = Vec::new();
             self.written = 0;
-            striper_core::mem::note_freed();
         }
         self.inner.release_idle();
     }

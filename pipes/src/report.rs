@@ -1,9 +1,11 @@
-//! The line both binaries log when a session ends.
+//! What both binaries tell about a session: the line they log when it
+//! ends, and its figures for the metrics (`--metrics`).
 
 use std::time::Instant;
 
 use log::Level;
 use striper_core::config::human_bytes;
+use striper_core::metrics::{Snapshot, Totals};
 use striper_core::{Bridge, Outcome, Pipe};
 
 use crate::proto::handshake::short_id;
@@ -45,4 +47,31 @@ pub fn log_close<A: Pipe, B: Pipe>(
         stats.fault_summary(),
         striped.path_summary(),
     );
+}
+
+/// A session's figures for the metrics. `bytes` are the application bytes
+/// (read from this end's application, delivered to it), as the bridge
+/// counts them.
+pub fn totals(striped: &StripedPipe, (to_peer, from_peer): (u64, u64)) -> Totals {
+    let stats = striped.session().stats();
+    Totals {
+        to_peer,
+        from_peer,
+        stripes_lost: stats.stripes_lost,
+        stripes_redialed: stats.stripes_redialed,
+        bytes_resent: stats.bytes_resent,
+        outages_survived: stats.outages_survived,
+    }
+}
+
+/// Adds an open session to a scrape's snapshot: its figures so far and
+/// each stripe that is up.
+pub fn add_live(snapshot: &mut Snapshot, striped: &StripedPipe, bytes: (u64, u64)) {
+    let session = striped.session();
+    snapshot.add_session(&totals(striped, bytes), session.stripes_up());
+    for i in 0..session.stripe_count() {
+        if let Some((rtt, queued, rate)) = session.stripe_reading(i) {
+            snapshot.add_stripe(i, rtt, queued, rate);
+        }
+    }
 }

@@ -54,6 +54,10 @@ pub struct Stripe {
     last_rtt: Option<Instant>,
     /// The unsent limit this stripe's socket has, and how it moves.
     queue: QueueLimit,
+    /// `bytes_written` when the kernel last said the send queue was empty.
+    drained_at: Option<u64>,
+    /// The kernel's smoothed RTT at its last reading.
+    path_rtt: Option<Duration>,
     /// Client: the handshake in progress.
     handshake: Option<ClientHandshake>,
     /// Client, while connecting: the handshake and its first message.
@@ -87,6 +91,17 @@ impl Stripe {
         let mut s = Stripe::new(cfg, tcp, StripeState::Connecting);
         s.join = hello.kind == Kind::Join;
         s.first_flight = Some(first);
+        // A connect that completed in the call (loopback, often a LAN) takes
+        // the first flight at once, before this client dials its other
+        // stripes: a burst of sessions then leaves no connection silent at
+        // the server for the time the rest of the burst takes.
+        let now = Instant::now();
+        if s.framed.inner_mut().connected_at_once(now) {
+            s.since = Some(now);
+            s.send_first_flight(cfg, now);
+            // An error stays with the connection and shows at its next use.
+            let _ = s.flush();
+        }
         Ok(s)
     }
 
@@ -114,6 +129,8 @@ impl Stripe {
             since: None,
             last_rtt: None,
             queue,
+            drained_at: None,
+            path_rtt: None,
             handshake: None,
             first_flight: None,
             join: false,
@@ -184,12 +201,16 @@ impl Stripe {
         if !self.framed.inner().is_connected() {
             return Ok(());
         }
+        self.send_first_flight(cfg, now);
+        Ok(())
+    }
+
+    fn send_first_flight(&mut self, cfg: &StripedConfig, now: Instant) {
         self.tune(cfg);
         let (hs, bytes) = self.first_flight.take().expect("made when dialling");
         self.framed.queue_raw(&bytes);
         self.handshake = Some(hs);
         self.set_state(StripeState::AwaitAnswer, now);
-        Ok(())
     }
 
     /// Client: reads the server's answer. `Ok(None)` while it is not all
@@ -218,6 +239,8 @@ impl Stripe {
         if !matches!(step, ClientStep::Pending) {
             self.framed.inner_mut().consume(ClientHandshake::ANSWER_LEN);
             self.handshake = None;
+            // The handshake's state (a few KiB of Noise) is free now.
+            striper_core::mem::note_freed(0);
             return Ok(Some(step));
         }
         if self.framed.inner().at_eof() {
@@ -254,23 +277,44 @@ impl Stripe {
     /// Reads what the kernel knows: queued bytes always, the path (RTT,
     /// rates) every [`RTT_INTERVAL`]; with an automatic unsent limit the
     /// socket's is moved to follow the path.
+    ///
+    /// A socket whose send queue was empty at the last reading and that has
+    /// been given nothing since cannot have changed (only our writes fill
+    /// it; only acknowledgements of data move its RTT), so it is not asked
+    /// again: the readings are repeated. An idle session's keepalive wake
+    /// then costs no ioctl or getsockopt per stripe; before, these were 4
+    /// of every 5 system calls of 2,000 idle sessions.
     pub fn sample(&mut self, now: Instant, auto_limit: bool) -> Option<KernelSample> {
         let tcp = self.framed.inner();
         let fd = tcp.raw_fd();
+        let written = tcp.bytes_written();
+        let rtt_due = self
+            .last_rtt
+            .is_none_or(|t| now.duration_since(t) >= RTT_INTERVAL);
+        if self.drained_at == Some(written) {
+            if rtt_due {
+                self.last_rtt = Some(now);
+            }
+            return Some(KernelSample {
+                queued: (0, 0),
+                delivered: written,
+                rtt: self.path_rtt.filter(|_| rtt_due),
+            });
+        }
         let q = sys::outq(fd).ok()?;
         let unsent = sys::outq_unsent(fd).unwrap_or(q);
-        let delivered = tcp.bytes_written().saturating_sub(q);
+        let delivered = written.saturating_sub(q);
         let mut rtt = None;
-        if self
-            .last_rtt
-            .is_none_or(|t| now.duration_since(t) >= RTT_INTERVAL)
-        {
+        if rtt_due {
             self.last_rtt = Some(now);
             if let Ok(path) = sys::tcp_path(fd) {
                 rtt = Some(path.rtt);
+                self.path_rtt = rtt;
                 self.follow_path(fd, path, auto_limit);
             }
         }
+        // Only once the RTT is known: the first reading must reach the kernel.
+        self.drained_at = (q == 0 && self.path_rtt.is_some()).then_some(written);
         Some(KernelSample {
             queued: (q, unsent),
             delivered,

@@ -35,6 +35,8 @@ pub struct TcpPipe {
     via: Via,
     readable: bool,
     writable: bool,
+    /// An event said the peer closed its side (or the socket failed).
+    read_closed_seen: bool,
     rbuf: ReadBuf,
     read_eof: bool,
     shut_wr: bool,
@@ -98,6 +100,7 @@ impl TcpPipe {
             // Edge-triggered: assume ready until the socket says otherwise.
             readable: true,
             writable: true,
+            read_closed_seen: false,
             rbuf: ReadBuf::new(READ_BUF_MAX),
             read_eof: false,
             shut_wr: false,
@@ -117,6 +120,13 @@ impl TcpPipe {
 
     pub fn is_connected(&self) -> bool {
         self.state == State::Open
+    }
+
+    /// Whether a connect just started has already completed (on loopback
+    /// the handshake runs inside the call). A failure is kept for the next
+    /// [`TcpPipe::poll_connect`], which moves on to the next address.
+    pub fn connected_at_once(&mut self, now: Instant) -> bool {
+        self.check_connect(now).is_ok() && self.is_connected()
     }
 
     pub fn is_connecting(&self) -> bool {
@@ -147,8 +157,9 @@ impl TcpPipe {
 
     /// Frees the read buffer if it is empty (an idle connection).
     pub fn release_idle(&mut self) {
+        let held = self.rbuf.capacity();
         if self.rbuf.release_if_empty() {
-            striper_core::mem::note_freed();
+            striper_core::mem::note_freed(held);
         }
     }
 
@@ -242,7 +253,11 @@ impl TcpPipe {
         }
         loop {
             let sock = &mut self.sock;
-            match self.rbuf.read_with(|space| sock.read(space)) {
+            let mut room = 0;
+            match self.rbuf.read_with(|space| {
+                room = space.len();
+                sock.read(space)
+            }) {
                 Ok(0) if self.rbuf.is_full() => return Ok(()),
                 Ok(0) => {
                     self.read_eof = true;
@@ -250,6 +265,14 @@ impl TcpPipe {
                 }
                 Ok(n) => {
                     self.bytes_read += n as u64;
+                    // A short read emptied the socket: the next bytes come
+                    // with a new edge-triggered event, so the read that
+                    // would only say WouldBlock is skipped (half of an idle
+                    // server's reads were that). Not once the peer's FIN
+                    // is in: its event may have come with these bytes.
+                    if n < room && !self.read_closed_seen {
+                        self.readable = false;
+                    }
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -370,6 +393,7 @@ impl Pipe for TcpPipe {
     fn on_ready(&mut self, _token: Token, ready: Ready) {
         // An error or hang-up makes the next read or write report it.
         self.readable |= ready.readable || ready.error;
+        self.read_closed_seen |= ready.read_closed || ready.error;
         self.writable |= ready.writable || ready.error;
     }
 

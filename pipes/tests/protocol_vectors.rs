@@ -3,7 +3,7 @@
 //! verbatim, so a second implementation can check itself against them.
 
 use pipes::proto::frame::{FrameType, encode_sealed_vec};
-use pipes::proto::handshake::{ClientHello, Kind, ServerHello, Status};
+use pipes::proto::handshake::{ClientHello, Kind, ServerHello, Status, TargetName};
 use pipes::proto::noise::{Initiator, Responder};
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
@@ -25,6 +25,7 @@ fn vectors() -> Vec<(&'static str, String)> {
         window: 32 << 20,
         max_payload: 256 << 10,
         backup: false,
+        target: TargetName::new("db").unwrap(),
     };
     let (init, first) = Initiator::start(&psk, &hello.encode(), Some(&e_client));
     let (resp, fields) =

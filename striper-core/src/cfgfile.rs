@@ -6,6 +6,8 @@
 //! overrides the file and every value goes through the same parsers and
 //! checks as a flag. A key that is no option of the program is an error
 //! naming the key and its line.
+//!
+//! [`Reload`] reads the file again (SIGHUP) and says which options changed.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -37,6 +39,75 @@ pub fn with_config(args: Vec<OsString>, app: &clap::Command) -> Result<Vec<OsStr
     }
     out.extend(args.into_iter().skip(1));
     Ok(out)
+}
+
+/// What a running program needs to read its config file again: its
+/// command line, and the options as they were at start.
+pub struct Reload {
+    args: Vec<OsString>,
+    path: Option<std::path::PathBuf>,
+    running: clap::ArgMatches,
+}
+
+impl Reload {
+    /// The program's command line and options as `app` parsed them at
+    /// start (its config file read once more: a moment after the first).
+    pub fn new(app: &clap::Command) -> Result<Reload, String> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let running = matches(&args, app)?;
+        Ok(Reload {
+            path: config_path(&args),
+            args,
+            running,
+        })
+    }
+
+    /// The config file, if the program has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The options from the command line and the file as it is now, and
+    /// the long names of the options that `live` says cannot change at run
+    /// time but whose values differ from the ones the program started with
+    /// (the program keeps its running values for those).
+    pub fn read<O: clap::Parser>(
+        &self,
+        live: impl Fn(&str) -> bool,
+    ) -> Result<(O, Vec<String>), String> {
+        let app = O::command();
+        let now = matches(&self.args, &app)?;
+        let opts = O::from_arg_matches(&now).map_err(|e| first_line(&e.render().to_string()))?;
+        let raw = |m: &clap::ArgMatches, id: &str| -> Vec<OsString> {
+            m.try_get_raw(id)
+                .ok()
+                .flatten()
+                .map_or_else(Vec::new, |v| v.map(OsString::from).collect())
+        };
+        let changed = app
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?, a.get_id().as_str())))
+            .filter(|&(long, id)| {
+                long != "config" && !live(long) && raw(&self.running, id) != raw(&now, id)
+            })
+            .map(|(long, _)| long.to_string())
+            .collect();
+        Ok((opts, changed))
+    }
+}
+
+/// `args` with its config file's settings, parsed by `app`.
+fn matches(args: &[OsString], app: &clap::Command) -> Result<clap::ArgMatches, String> {
+    let args = with_config(args.to_vec(), app)?;
+    app.clone()
+        .try_get_matches_from(args)
+        .map_err(|e| first_line(&e.render().to_string()))
+}
+
+/// A clap error's first line, without its `error: `.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or(text);
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 /// The file named by `--config FILE` or `--config=FILE`, if any.

@@ -58,11 +58,12 @@ pub struct TuningOpts {
     pub keepalive: Duration,
 
     /// Seconds of silence on a stripe before it is sent a keepalive PING
-    /// while nothing is in flight. Rare probes cost idle sessions nothing;
-    /// 15 s keeps NAT and firewall mappings alive (the shortest common idle
-    /// timeouts for TCP are minutes) and finds a dead idle stripe before
+    /// while nothing is in flight. Rare probes cost idle sessions little;
+    /// 30 s keeps NAT and firewall mappings alive (the shortest common idle
+    /// timeouts for TCP are minutes: 4 on some cloud load balancers; RFC
+    /// 5382 asks NATs for over 2 hours) and finds a dead idle stripe before
     /// it is needed, or at once when data starts to flow.
-    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub idle_keepalive: Duration,
 
     /// Seconds of silence (PINGs unanswered) after which a stripe is
@@ -116,6 +117,19 @@ pub struct ConfigOpts {
     /// the command line override the file; an unknown key is an error.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// `--metrics ADDR`: Prometheus metrics, off unless given.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Monitoring")]
+pub struct MetricsOpts {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9900): sessions, bytes each way, stripes, faults, and per
+    /// stripe index round trip, queue and drain rate (see docs/METRICS.md).
+    /// Anyone who can reach ADDR can read them: keep it on loopback or a
+    /// private network. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Subcommands both binaries share.

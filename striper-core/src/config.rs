@@ -163,10 +163,61 @@ pub fn exit_with(result: Result<ExitCode, String>) -> ExitCode {
 }
 
 /// Logging to standard error; `RUST_LOG` overrides the `info` default.
+/// When standard error is systemd's journal, lines carry a syslog priority
+/// prefix instead of a timestamp: the journal stamps them itself, and
+/// `journalctl -p warning` then finds the warnings.
 pub fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if stderr_is_journal() {
+        builder.format(|f, record| {
+            use std::io::Write;
+            writeln!(
+                f,
+                "<{}>{} {}: {}",
+                syslog_priority(record.level()),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    } else {
+        builder.format_timestamp_millis();
+    }
+    builder.init();
+}
+
+/// The syslog priority of a log level (`<3>` error ... `<7>` debug).
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether standard error is the stream systemd connected to the journal:
+/// `$JOURNAL_STREAM` names its device and inode, and a child whose stderr
+/// was redirected inherits the variable, so both must match.
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    // SAFETY: fstat on descriptor 2 with an owned, zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    names_stream(&value, st.st_dev, st.st_ino)
+}
+
+/// Whether a `$JOURNAL_STREAM` value (`DEVICE:INODE`) names this stream.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
 }
 
 /// Human-readable byte count for log lines.
@@ -213,5 +264,16 @@ mod tests {
     fn human() {
         assert_eq!(human_bytes(10), "10 B");
         assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn journal_stream_names_device_and_inode() {
+        assert!(names_stream("8:12345", 8, 12345));
+        assert!(!names_stream("8:12345", 8, 12346));
+        assert!(!names_stream("8:12345", 9, 12345));
+        assert!(!names_stream("812345", 8, 12345));
+        assert!(!names_stream("", 0, 0));
+        assert_eq!(syslog_priority(log::Level::Warn), 4);
+        assert_eq!(syslog_priority(log::Level::Info), 6);
     }
 }

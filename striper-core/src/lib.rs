@@ -1,6 +1,7 @@
 //! striper's core: the [`Pipe`] trait, the [`Bridge`] that relays between
 //! two pipes, the [`Reactor`] event loop they run on, and the skeleton both
-//! binaries run ([`daemon`]: listener, signals, loop, shutdown).
+//! binaries run ([`daemon`]: listener, signals, loop, shutdown, and
+//! [`notify`], which tells systemd about them).
 //!
 //! Nothing here knows about stripes or frames; the `pipes` crate builds
 //! those on top. The command-line options both binaries share are in
@@ -13,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod mem;
+pub mod metrics;
+pub mod notify;
 pub mod pipe;
 pub mod reactor;
 pub mod signals;

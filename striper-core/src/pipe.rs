@@ -47,6 +47,8 @@ pub struct Ready {
     pub writable: bool,
     /// Error or hang-up: the next read or write will say what happened.
     pub error: bool,
+    /// The peer's FIN (or a reset) is in: reads must go on to the end.
+    pub read_closed: bool,
 }
 
 impl From<&mio::event::Event> for Ready {
@@ -55,6 +57,7 @@ impl From<&mio::event::Event> for Ready {
             readable: e.is_readable() || e.is_read_closed(),
             writable: e.is_writable() || e.is_write_closed(),
             error: e.is_error(),
+            read_closed: e.is_read_closed(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! SIGINT/SIGTERM as a readable socket on the event loop (a self-pipe: the
-//! handler only writes a byte, everything else happens in the loop).
+//! SIGINT/SIGTERM, and SIGHUP apart, as readable sockets on the event loop
+//! (self-pipes: the handler only writes a byte, everything else happens in
+//! the loop).
 
 use std::io::{self, Read};
 
@@ -13,9 +14,22 @@ pub struct Signals {
 impl Signals {
     /// Routes SIGINT and SIGTERM to a socket registered under `token`.
     pub fn register(registry: &Registry, token: Token) -> io::Result<Signals> {
+        Signals::route(
+            registry,
+            token,
+            &[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM],
+        )
+    }
+
+    /// Routes SIGHUP (reload) to a socket registered under `token`.
+    pub fn register_hangup(registry: &Registry, token: Token) -> io::Result<Signals> {
+        Signals::route(registry, token, &[signal_hook::consts::SIGHUP])
+    }
+
+    fn route(registry: &Registry, token: Token, signals: &[i32]) -> io::Result<Signals> {
         let (mut rx, tx) = UnixStream::pair()?;
         let tx = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(tx));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        for &sig in signals {
             signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
         }
         registry.register(&mut rx, token, Interest::READABLE)?;

@@ -30,6 +30,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use pipes::proto::handshake::Status;
 use striper_core::warnlimit::WarnLimiter;
 
 /// At --max-pending, a handshake that has sent something may be closed
@@ -190,6 +191,54 @@ impl Admission {
             warn!("{s}");
         }
         self.warns.next_flush()
+    }
+}
+
+/// The `kind` label of `striper_handshake_refusals_total`: a fixed list,
+/// whatever the peers send.
+pub const REFUSAL_KINDS: [&str; 14] = [
+    "auth_failed",
+    "bad_version",
+    "not_striper",
+    "malformed",
+    "closed_early",
+    "timeout",
+    "unknown_session",
+    "too_many_stripes",
+    "server_full",
+    "busy",
+    "evicted",
+    "join_refused",
+    "unknown_target",
+    "other",
+];
+
+/// The refusal kind of a failed handshake, from the fixed phrase it
+/// failed with (`Progress::Failed`'s class).
+pub fn failure_kind(class: &str) -> &'static str {
+    match class {
+        "failed authentication" => "auth_failed",
+        "speaks another protocol version" => "bad_version",
+        "sent bytes that are not a striper handshake" => "not_striper",
+        "sent an invalid handshake" => "malformed",
+        crate::handshake::CLOSED => "closed_early",
+        crate::handshake::TIMED_OUT => "timeout",
+        _ => "other",
+    }
+}
+
+/// The refusal kind of a hello the server answered with `status`.
+pub fn status_kind(status: Status) -> &'static str {
+    match status {
+        Status::UnknownSession => "unknown_session",
+        Status::SessionFull => "too_many_stripes",
+        Status::ServerFull => "server_full",
+        Status::ServerBusy => "busy",
+        Status::AuthFailed => "auth_failed",
+        Status::BadVersion => "bad_version",
+        Status::Malformed => "malformed",
+        Status::UnknownTarget => "unknown_target",
+        _ => "other",
     }
 }
 

@@ -20,7 +20,8 @@ use pipes::proto::handshake::{ClientHello, Secret, ServerHandshake, ServerStep, 
 use pipes::proto::noise::{Keys, SERVER_ANSWER_LEN};
 use striper_core::{Ctx, Pipe, Readable, Ready, TaskStatus, TokenSpan};
 
-const CLOSED: &str = "closed the connection during the handshake";
+pub const CLOSED: &str = "closed the connection during the handshake";
+pub const TIMED_OUT: &str = "did not complete its handshake in time";
 
 /// Where a handshake stands when its task stops.
 pub enum Progress {
@@ -193,7 +194,7 @@ impl Handshake {
         }
         if cx.now >= deadline {
             return self.fail(
-                "did not complete its handshake in time",
+                TIMED_OUT,
                 format!(
                     "no complete handshake within {:.0} s",
                     self.timeout.as_secs_f64()

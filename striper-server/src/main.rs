@@ -3,6 +3,7 @@
 
 mod admission;
 mod handshake;
+mod targets;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
@@ -18,23 +19,33 @@ use pipes::proto::handshake::{ClientHello, Kind, Secret, SessionId, Status, shor
 use pipes::proto::noise::Keys;
 use pipes::report;
 use pipes::{StripedConfig, StripedPipe, TcpPipe};
-use striper_core::cli::{AuthOpts, Command, ConfigOpts, TuningOpts};
-use striper_core::config::{join_addrs, log_fd_limit, parse_secs, parse_size, resolve};
-use striper_core::daemon::{Daemon, Service};
+use striper_core::cfgfile::Reload;
+use striper_core::cli::{AuthOpts, Command, ConfigOpts, MetricsOpts, TuningOpts};
+use striper_core::config::{log_fd_limit, parse_secs, parse_size};
+use striper_core::daemon::{Daemon, ListenerId, Listeners, Service};
+use striper_core::metrics::{Recorder, Snapshot};
 use striper_core::reactor::TICK;
-use striper_core::{Bridge, Ctx, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan};
+use striper_core::{
+    Bridge, Ctx, ErrorKind, PipeError, Reactor, Ready, Task, TaskStatus, TokenSpan,
+};
 
-use admission::{Admission, Candidate};
+use admission::{Admission, Candidate, REFUSAL_KINDS};
 use handshake::{Handshake, Progress};
+use targets::{TargetSpec, Targets, describe, parse_target, resolve_targets};
 
 /// Accept striped sessions from stripe-clients and relay each to a target.
 ///
 /// Every session's stripes arrive as separate TCP connections; the server
-/// groups them by session id, connects to --target once per session, and
-/// reassembles the byte stream in order.
+/// groups them by session id, connects to the session's --target once,
+/// and reassembles the byte stream in order.
 ///
-/// Example:
+/// Examples:
 ///   stripe-server --listen 0.0.0.0:7900 --target 127.0.0.1:22
+///   stripe-server --listen 0.0.0.0:7900 --target 127.0.0.1:22 \
+///       --target db=127.0.0.1:5432 --target web=10.0.0.5:80
+///
+/// SIGHUP re-reads the --config file: targets and session limits apply to
+/// new sessions; live sessions go on untouched.
 ///
 /// Logs go to standard error; set RUST_LOG=debug for per-stripe detail.
 #[derive(Parser, Debug)]
@@ -52,10 +63,14 @@ struct Opts {
     #[arg(short, long, value_name = "ADDR", required = true)]
     listen: Option<String>,
 
-    /// Where every session is relayed to, HOST:PORT. Resolved once at start.
-    /// Clients cannot choose another destination.
-    #[arg(short, long, value_name = "HOST:PORT", required = true)]
-    target: Option<String>,
+    /// Where sessions are relayed to. HOST:PORT is the default target
+    /// (sessions from a client's --listen); NAME=HOST:PORT is the target a
+    /// client's `--forward ADDR=NAME` asks for. Repeatable; in a config
+    /// file, a list. Resolved at start (and at a reload); clients can reach
+    /// no other destination, and a name the server lacks is refused.
+    #[arg(short, long, value_name = "[NAME=]HOST:PORT", required = true,
+          value_parser = parse_target)]
+    target: Vec<TargetSpec>,
 
     /// Most sessions open at once; stripes of new sessions beyond it are refused.
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -99,6 +114,9 @@ struct Opts {
 
     #[command(flatten)]
     tuning: TuningOpts,
+
+    #[command(flatten)]
+    metrics: MetricsOpts,
 }
 
 /// Finished session ids remembered, so a stripe naming one is refused.
@@ -119,6 +137,8 @@ enum ServerTask {
 struct SessionTask {
     bridge: Bridge<StripedPipe, TcpPipe>,
     client: SocketAddr,
+    /// "target [NAME ]HOST:PORT", for its log lines.
+    target: String,
     started: Instant,
 }
 
@@ -158,9 +178,8 @@ impl Task for ServerTask {
 struct Server {
     reactor: Reactor<ServerTask>,
     cfg: StripedConfig,
-    /// Every address the target resolved to; a connect tries them in turn.
-    targets: Vec<SocketAddr>,
-    target_name: String,
+    targets: Targets,
+    reload: Reload,
     max_sessions: usize,
     max_stripes: u8,
     memory_budget: u64,
@@ -169,22 +188,21 @@ struct Server {
     sessions: HashMap<SessionId, usize>,
     finished: HashSet<SessionId>,
     finished_order: VecDeque<SessionId>,
+    recorder: Recorder,
 }
 
 fn run(opts: Opts) -> Result<ExitCode, String> {
     let cfg = pipes::config::from_opts(&opts.tuning, &opts.auth)?;
-    let (listen, target) = (
-        opts.listen.expect("required"),
-        opts.target.expect("required"),
-    );
-    let targets = resolve("target", &target)?;
+    let listen = opts.listen.expect("required");
+    let targets = resolve_targets(&opts.target)?;
     // Sessions of the client's default 4 stripes: the usual case.
     log_fd_limit(4, Some(opts.max_sessions as u64));
+    let (recorder, metrics) = Recorder::new(&REFUSAL_KINDS);
     let server = Server {
         reactor: Reactor::new().map_err(|e| e.to_string())?,
         cfg,
-        targets: targets.clone(),
-        target_name: target.clone(),
+        targets,
+        reload: Reload::new(&Opts::command())?,
         max_stripes: opts.max_stripes,
         max_sessions: opts.max_sessions.max(1),
         memory_budget: opts.memory_budget,
@@ -198,18 +216,21 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
         sessions: HashMap::new(),
         finished: HashSet::new(),
         finished_order: VecDeque::new(),
+        recorder,
     };
-    let (daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
+    let (mut daemon, local) = Daemon::listen(server.reactor.registry(), &listen)?;
     info!(
-        "listening on {local}, relaying sessions to target {} ({})",
-        server.target_name,
-        join_addrs(&server.targets)
+        "listening on {local}, relaying sessions to {}",
+        describe(&server.targets)
     );
+    if let Some(addr) = &opts.metrics.metrics {
+        let local = daemon.export_metrics(server.reactor.registry(), addr, metrics)?;
+        info!("serving metrics at http://{local}/metrics");
+    }
     if server.cfg.key.is_none() {
         warn!(
             "running WITHOUT authentication (--insecure-no-auth): anyone who can reach {local} \
-             can use this tunnel to reach {}",
-            server.target_name
+             can use this tunnel to reach its targets"
         );
     }
     daemon.serve(server)
@@ -224,7 +245,7 @@ impl Service for Server {
         &mut self.reactor
     }
 
-    fn accepted(&mut self, sock: TcpStream, peer: SocketAddr) {
+    fn accepted(&mut self, _: ListenerId, sock: TcpStream, peer: SocketAddr) {
         // A source at its own limit makes room from its own stale
         // handshakes first. Its young ones may be an honest burst (a
         // stripe's hello often arrives just after the connection is
@@ -274,6 +295,26 @@ impl Service for Server {
     fn sessions(&mut self) -> usize {
         self.sessions.len()
     }
+
+    fn publish_metrics(&mut self) {
+        let mut live = Snapshot::default();
+        for (_, t) in self.reactor.iter() {
+            if let ServerTask::Session(s) = t {
+                report::add_live(&mut live, s.bridge.a(), to_peer_first(&s.bridge));
+            }
+        }
+        self.recorder.publish(&live);
+    }
+
+    fn reload(&mut self, _: &mut Listeners) {
+        self.reload_config();
+    }
+}
+
+/// The bridge's B side is the target: B to A is to the peer.
+fn to_peer_first(bridge: &Bridge<StripedPipe, TcpPipe>) -> (u64, u64) {
+    let (ab, ba) = bridge.bytes();
+    (ba, ab)
 }
 
 impl Server {
@@ -315,6 +356,7 @@ impl Server {
         } else {
             "in progress"
         };
+        self.recorder.refused("evicted");
         self.admission.refuse(
             h.peer(),
             class,
@@ -327,7 +369,14 @@ impl Server {
         true
     }
 
-    fn refuse_once(&mut self, peer: SocketAddr, class: &'static str, why: &str) {
+    fn refuse_once(
+        &mut self,
+        peer: SocketAddr,
+        class: &'static str,
+        why: &str,
+        kind: &'static str,
+    ) {
+        self.recorder.refused(kind);
         self.admission.refuse(peer, class, why, Instant::now());
     }
 
@@ -343,7 +392,9 @@ impl Server {
                     self.sessions.remove(&id);
                 }
                 self.remember_finished(id);
-                log_close(&s, &self.target_name);
+                log_close(&s);
+                let totals = report::totals(s.bridge.a(), to_peer_first(&s.bridge));
+                self.recorder.closed(s.bridge.outcome(), &totals);
             }
         }
     }
@@ -362,7 +413,9 @@ impl Server {
     /// A handshake stopped: it failed, has a hello to judge, or is complete.
     fn handshake_step(&mut self, mut h: Handshake) {
         match h.progress() {
-            Progress::Failed { class, why } => self.refuse_once(h.peer(), class, &why),
+            Progress::Failed { class, why } => {
+                self.refuse_once(h.peer(), class, &why, admission::failure_kind(class))
+            }
             Progress::HelloReceived(hello) => {
                 self.admission.authenticated(h.peer(), Instant::now());
                 let status = self.judge(&hello);
@@ -374,13 +427,24 @@ impl Server {
                     debug!("could not answer {}: {e}", h.peer());
                     return;
                 }
+                if status == Status::UnknownTarget {
+                    let why = format!("unknown target {} from {}", hello.target, h.peer());
+                    self.refuse_once(
+                        h.peer(),
+                        "asked for a target this server lacks",
+                        &why,
+                        "unknown_target",
+                    );
+                    return;
+                }
                 if status != Status::Ok {
                     let why = format!(
                         "stripe {} of session {}: {status}",
                         hello.index,
                         short_id(&hello.session)
                     );
-                    self.refuse_once(h.peer(), "was refused a stripe", &why);
+                    let kind = admission::status_kind(status);
+                    self.refuse_once(h.peer(), "was refused a stripe", &why, kind);
                     return;
                 }
                 let peer = h.peer();
@@ -407,8 +471,13 @@ impl Server {
             return Status::SessionFull;
         }
         match (hello.kind, self.sessions.get(&hello.session)) {
+            // A live session keeps the target it was opened with, even
+            // one a reload has removed since.
             (_, Some(_)) => Status::Ok,
             (Kind::Join, None) => Status::UnknownSession,
+            (Kind::Open, None) if !self.targets.contains_key(&hello.target) => {
+                Status::UnknownTarget
+            }
             (Kind::Open, None) if self.sessions.len() >= self.max_sessions => Status::ServerFull,
             (Kind::Open, None) if self.buffered() >= self.memory_budget => Status::ServerBusy,
             (Kind::Open, None) => Status::Ok,
@@ -430,6 +499,8 @@ impl Server {
 
     /// An authenticated stripe joins its session, creating it if needed.
     fn join(&mut self, h: Handshake, hello: ClientHello, secret: Secret, keys: Keys) {
+        // The handshake's Noise state is dropped here: trim it in due course.
+        striper_core::mem::note_freed(0);
         let peer = h.peer();
         let slot = match self.sessions.get(&hello.session) {
             Some(&slot) => slot,
@@ -459,6 +530,10 @@ impl Server {
             (keys, &secret),
             Instant::now(),
         ) {
+            self.recorder.refused(match e.kind {
+                ErrorKind::Protocol => "join_refused",
+                _ => "other",
+            });
             warn!(
                 "stripe {} from {peer} could not join session {}: {e}",
                 hello.index,
@@ -476,8 +551,20 @@ impl Server {
     ) -> Option<usize> {
         let striped =
             StripedPipe::server(self.cfg.clone(), hello.session, secret, hello.count, hello);
-        let name = format!("target {}", self.target_name);
-        let target = match TcpPipe::connect(&self.targets, name, self.cfg.connect_timeout) {
+        let Some(t) = self.targets.get(&hello.target) else {
+            warn!(
+                "session {} from {client} not opened: target {} was removed by a reload",
+                short_id(&hello.session),
+                hello.target
+            );
+            return None;
+        };
+        let name = if hello.target.is_default() {
+            format!("target {}", t.addr)
+        } else {
+            format!("target {} {}", hello.target, t.addr)
+        };
+        let target = match TcpPipe::connect(&t.addrs, name.clone(), self.cfg.connect_timeout) {
             Ok(t) => t,
             Err(e) => {
                 // The bridge reports a failed connect through the session;
@@ -492,15 +579,17 @@ impl Server {
         let task = SessionTask {
             bridge: Bridge::new(striped, target),
             client,
+            target: name,
             started: Instant::now(),
         };
+        let label = task.target.clone();
         match self.reactor.spawn(ServerTask::Session(Box::new(task))) {
             Ok(slot) => {
                 info!(
-                    "session {} opened: client {} -> target {}, {} stripes announced",
+                    "session {} opened: client {} -> {}, {} stripes announced",
                     short_id(&hello.session),
                     client,
-                    self.target_name,
+                    label,
                     hello.count
                 );
                 self.sessions.insert(hello.session, slot);
@@ -517,13 +606,13 @@ impl Server {
     }
 }
 
-fn log_close(s: &SessionTask, target: &str) {
+fn log_close(s: &SessionTask) {
     report::log_close(
         module_path!(),
         &s.bridge,
         s.bridge.a(),
         s.started,
-        [&format!("client {}", s.client), &format!("target {target}")],
+        [&format!("client {}", s.client), &s.target],
         ["to target", "to client"],
     );
 }

@@ -1,10 +1,10 @@
 //! Hostile input against the real stripe-server on loopback (protocol
-//! v2: a clear preamble and a Noise NNpsk0 first flight, then sealed
+//! v3: a clear preamble and a Noise NNpsk0 first flight, then sealed
 //! records).
 //!
 //! * A storm of hostile connections while a genuine session moves 64 MiB
 //!   each way (echoed): 1,000 connections of garbage (random bytes; the
-//!   v2 preamble followed by garbage, which fails authentication; "STRP"
+//!   v3 preamble followed by garbage, which fails authentication; "STRP"
 //!   with another protocol version; a genuine-looking first flight cut
 //!   short and half-closed; a whole first flight made with another key,
 //!   with bytes behind it), 200 connections that open and send nothing and

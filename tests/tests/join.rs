@@ -1,5 +1,5 @@
 //! Who may join a live session, against the real stripe-server on
-//! loopback (protocol v2). A session's id travels only encrypted, and a
+//! loopback (protocol v3). A session's id travels only encrypted, and a
 //! stripe is let into a session only if its confirmation (its first sealed
 //! record) brings the session's secret, which the client drew when it
 //! opened the session. So even a holder of the pre-shared key who knows a

@@ -1,6 +1,6 @@
 //! Who may use the tunnel, through the real binaries on loopback
-//! (protocol v2). The server holds a pre-shared key and every stripe
-//! proves it from its first flight on: the preamble ("STRP" 02 00 00 00,
+//! (protocol v3). The server holds a pre-shared key and every stripe
+//! proves it from its first flight on: the preamble ("STRP" 03 00 00 00,
 //! in clear) and a Noise NNpsk0 message that mixes the key in before
 //! anything else and carries the hello's fields (session id included)
 //! encrypted; the server's 64-byte answer is sealed the same way, and the
@@ -19,7 +19,7 @@
 //! * authentication is mutual: a keyed client facing an impostor server
 //!   (one that answers 64 random bytes, or a well-formed Noise answer made
 //!   with another key) finds the answer does not decrypt and gives up, and
-//!   the impostor gets nothing but the 96-byte first flight;
+//!   the impostor gets nothing but the 160-byte first flight;
 //! * a replayed handshake is refused: the bytes a genuine client sent on
 //!   a stripe (first flight, confirmation, frames), captured on the path
 //!   and replayed verbatim on a new connection, get an answer to the

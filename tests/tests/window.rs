@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use pipes::proto::handshake::{ClientHello, Kind};
+use pipes::proto::handshake::{ClientHello, Kind, TargetName};
 use striper_tests::harness::rawv2::{RawStripe, key_of};
 use striper_tests::harness::{self, ConnReport, KeyFile, Target};
 
@@ -53,6 +53,7 @@ fn a_huge_announced_window_cannot_make_the_server_hold_more_than_its_own() {
             window: 1 << 30,
             max_payload: 256 << 10,
             backup: false,
+            target: TargetName::DEFAULT,
         };
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
@@ -126,6 +127,7 @@ fn new_sessions_wait_for_room_in_the_memory_budget() {
         window: 1 << 30,
         max_payload: 256 << 10,
         backup: false,
+        target: TargetName::DEFAULT,
     };
     let hog = RawStripe::open(server.addr(), &hello, &key_of(&key), [7; 32]);
     assert!(target.wait_accepted(1, Duration::from_secs(10)));

@@ -5,7 +5,7 @@
 use crate::proto::auth::Key;
 use crate::proto::handshake::{
     ClientHandshake, ClientHello, ClientStep, Kind, MAX_STRIPES, MIN_MAX_PAYLOAD, MIN_WINDOW,
-    ServerHandshake, ServerHello, ServerStep, Status,
+    ServerHandshake, ServerHello, ServerStep, Status, TargetName,
 };
 use crate::proto::noise::{ANSWER_PLAIN_LEN, HELLO_PLAIN_LEN};
 
@@ -47,6 +47,7 @@ fn hello() -> ClientHello {
         window: MIN_WINDOW,
         max_payload: MIN_MAX_PAYLOAD,
         backup: false,
+        target: TargetName::DEFAULT,
     }
 }
 

@@ -2,8 +2,8 @@
 //! key, X25519, AES-256-GCM and SHA-256 (`Noise_NNpsk0_25519_AESGCM_SHA256`).
 //!
 //! ```text
-//! client -> server  preamble "STRP" 02 00 00 00 (clear, also the prologue)
-//!                   e, and the hello's fields sealed under the PSK   88 bytes
+//! client -> server  preamble "STRP" 03 00 00 00 (clear, also the prologue)
+//!                   e, and the hello's fields sealed under the PSK  152 bytes
 //! server -> client  e, ee, and the answer's fields sealed            64 bytes
 //! ```
 //!
@@ -27,11 +27,11 @@ use super::seal::{KEY_LEN, Opener, Sealer};
 pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// Sent in clear before the first message, and bound in as the prologue:
 /// a peer of another version is told apart without any secret.
-pub const PREAMBLE: [u8; 8] = *b"STRP\x02\x00\x00\x00";
+pub const PREAMBLE: [u8; 8] = *b"STRP\x03\x00\x00\x00";
 const DH_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 /// The hello's fields (see `handshake`).
-pub const HELLO_PLAIN_LEN: usize = 40;
+pub const HELLO_PLAIN_LEN: usize = 104;
 /// The answer's fields.
 pub const ANSWER_PLAIN_LEN: usize = 16;
 /// The client's first flight: preamble and message 1.

@@ -12,7 +12,7 @@ use striper_core::{ErrorKind, PipeError};
 use super::{Paths, Role, StripedConfig, StripedPipe};
 use crate::path::PathSpec;
 use crate::proto::handshake::{
-    ClientHello, ClientStep, Kind, MAX_STRIPES, SECRET_LEN, SessionId, Status,
+    ClientHello, ClientStep, Kind, MAX_STRIPES, SECRET_LEN, SessionId, Status, TargetName,
 };
 use crate::stripe::{Stripe, StripeState};
 
@@ -21,11 +21,13 @@ const REDIAL_BASE: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(5);
 
 impl StripedPipe {
-    /// A client session: starts connecting `per_path` stripes on each of
-    /// `paths` (stripes `k * per_path ..` are path `k`'s).
+    /// A client session for the server's `target`: starts connecting
+    /// `per_path` stripes on each of `paths` (stripes `k * per_path ..` are
+    /// path `k`'s).
     pub fn client(
         cfg: StripedConfig,
         paths: Vec<PathSpec>,
+        target: TargetName,
         per_path: u8,
         id: SessionId,
     ) -> Result<StripedPipe, PipeError> {
@@ -49,7 +51,16 @@ impl StripedPipe {
         let server_name = names.join(", ");
         let mut secret = [0u8; SECRET_LEN];
         fill_from_os(&mut secret);
-        let mut pipe = StripedPipe::new(Role::Client { server_name }, cfg, id, secret, count);
+        let mut pipe = StripedPipe::new(
+            Role::Client {
+                server_name,
+                target,
+            },
+            cfg,
+            id,
+            secret,
+            count,
+        );
         pipe.paths = Paths::new(paths, per_path as usize);
         for i in 0..count {
             let backup = pipe.paths.spec_of(i).backup;
@@ -79,6 +90,9 @@ impl StripedPipe {
     /// a lost one of an established session.
     fn connect_stripe(&self, i: usize, join: bool) -> Result<Stripe, PipeError> {
         let path = self.paths.spec_of(i);
+        let Role::Client { target, .. } = &self.role else {
+            unreachable!("only clients dial");
+        };
         let hello = ClientHello {
             kind: if join && self.established {
                 Kind::Join
@@ -91,6 +105,7 @@ impl StripedPipe {
             window: self.cfg.session.window,
             max_payload: self.cfg.session.max_payload,
             backup: path.backup,
+            target: *target,
         };
         Stripe::connect(&self.cfg, path, &hello, &self.secret)
     }
@@ -190,6 +205,20 @@ impl StripedPipe {
                         return Err(self.fail(PipeError::new(
                             ErrorKind::Reset,
                             format!("{peer} no longer has this session"),
+                        )));
+                    }
+                    ClientStep::Refused(Status::UnknownTarget) => {
+                        // No other stripe can fare better: the name is
+                        // the session's.
+                        let what = match &self.role {
+                            Role::Client { target, .. } if !target.is_default() => {
+                                format!("target {target}")
+                            }
+                            _ => "default target".to_string(),
+                        };
+                        return Err(self.fail(PipeError::new(
+                            ErrorKind::Connect,
+                            format!("{peer} refused the session: unknown target: it has no {what}"),
                         )));
                     }
                     ClientStep::Refused(status) => {

@@ -38,7 +38,7 @@ use striper_core::{Ctx, ErrorKind, Pipe, PipeError, Readable, Ready, TokenSpan};
 pub use crate::config::{StripedConfig, UnsentLimit};
 use crate::framed::{FramedError, Next};
 use crate::proto::frame::{FrameType, ResetReason};
-use crate::proto::handshake::{ClientHello, Secret, SessionId, same_secret, short_id};
+use crate::proto::handshake::{ClientHello, Secret, SessionId, TargetName, same_secret, short_id};
 use crate::proto::noise::Keys;
 use crate::proto::session::{Session, SessionError};
 use crate::stripe::{Stripe, StripeState};
@@ -63,6 +63,8 @@ enum Role {
     Client {
         /// The server as the user named it (several: comma-separated).
         server_name: String,
+        /// The server's target this session asks for.
+        target: TargetName,
     },
     Server,
 }

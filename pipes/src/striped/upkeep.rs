@@ -125,8 +125,9 @@ impl StripedPipe {
     pub(super) fn release_if_idle(&mut self, now: Instant) {
         let last = *self.last_activity.get_or_insert(now);
         if now.duration_since(last) >= self.cfg.idle_release {
-            if self.session.buffer_capacity() > 0 {
-                striper_core::mem::note_freed();
+            let held = self.session.buffer_capacity();
+            if held > 0 {
+                striper_core::mem::note_freed(held);
             }
             self.session.release_idle_buffers();
             for s in self.stripes.iter_mut().flatten() {

@@ -23,7 +23,9 @@
 //!   the byte-for-byte comparison is already stronger than any hash.
 //! * [`HeldSession`] keeps a checked echo session open (paced, and paused
 //!   at a given offset) while a test does something else to the tunnel.
-//! * [`rawv2`] is a client stripe made by hand from the protocol (v2
+//! * [`Scrape`] reads a binary's `--metrics` endpoint and checks it with
+//!   `promtool`.
+//! * [`rawv2`] is a client stripe made by hand from the protocol (v3
 //!   handshake, sealed frames), for the security and hostile-peer tests.
 //!
 //! Every blocking socket call has a timeout ([`IO_TIMEOUT`]) and every wait
@@ -38,6 +40,7 @@ mod data;
 mod process;
 pub mod rawv2;
 pub mod relay;
+mod scrape;
 mod session;
 mod target;
 mod tempdir;
@@ -51,6 +54,7 @@ pub use data::{
 pub use process::{
     Memory, Proc, bin, nofile_limit, raise_nofile_limit, run_ok, status_field_kib, vm_rss_kib,
 };
+pub use scrape::{Scrape, http_exchange, metrics_addr};
 pub use session::{HeldSession, assert_echo_session};
 pub use target::{ConnReport, Target, echo, exchange, reset_after};
 pub use tempdir::TempDir;

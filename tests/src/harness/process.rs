@@ -188,10 +188,14 @@ impl Proc {
     /// for its `listening on ADDR` line, which gives [`Proc::addr`].
     pub fn spawn_listening(name: &str, binary: &str, args: &[String], log: &str) -> Proc {
         let mut cmd = Command::new(bin(binary));
-        cmd.args(args)
-            .env("RUST_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.args(args).env("RUST_LOG", log);
+        Proc::spawn_listening_cmd(name, cmd)
+    }
+
+    /// [`Proc::spawn_listening`] for a command the caller prepared (its
+    /// environment, say); standard input and output are closed.
+    pub fn spawn_listening_cmd(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let mut p = Proc::spawn(name, cmd);
         let line = p.wait_log("listening on ", START_TIMEOUT);
         let addr = line

@@ -1,4 +1,4 @@
-//! A client stripe made by hand from the protocol (v2), for the tests that
+//! A client stripe made by hand from the protocol (v3; the module kept its name), for the tests that
 //! must send what the real stripe-client never sends: frames that break
 //! the protocol, a session's id with another secret, a handshake on a
 //! chosen source address.
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use pipes::proto::auth::Key;
 use pipes::proto::frame::{self, ACK_FIN, FrameType, ResetReason};
 use pipes::proto::handshake::{
-    ClientHandshake, ClientHello, ClientStep, Kind, Secret, SessionId, Status,
+    ClientHandshake, ClientHello, ClientStep, Kind, Secret, SessionId, Status, TargetName,
 };
 use pipes::proto::noise::SERVER_ANSWER_LEN;
 use pipes::proto::seal::{Opener, Sealer};
@@ -49,6 +49,7 @@ pub fn hello(kind: Kind, index: u8, count: u8, session: SessionId) -> ClientHell
         window: WINDOW,
         max_payload: MAX_PAYLOAD,
         backup: false,
+        target: TargetName::DEFAULT,
     }
 }
 

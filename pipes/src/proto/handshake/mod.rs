@@ -3,7 +3,7 @@
 //! sealed record.
 //!
 //! ```text
-//! client -> server  preamble + ClientHello fields (40 bytes, sealed)    96 bytes
+//! client -> server  preamble + ClientHello fields (104 bytes, sealed)  160 bytes
 //! server -> client  ServerHello fields (16 bytes, sealed)               64 bytes
 //! client -> server  record: the session's secret (32 bytes)             52 bytes
 //!                   then sealed frames both ways
@@ -36,12 +36,15 @@ mod field {
         pub const KIND: usize = 0;
         pub const INDEX: usize = 1;
         pub const COUNT: usize = 2;
-        pub const RESERVED_A: usize = 3;
+        pub const TARGET_LEN: usize = 3;
         pub const SESSION: Range<usize> = 4..20;
         pub const WINDOW: Range<usize> = 20..24;
         pub const MAX_PAYLOAD: Range<usize> = 24..28;
         pub const FLAGS: usize = 28;
         pub const RESERVED: Range<usize> = 29..40;
+        /// The target's name, zero-padded to its fixed size: every hello
+        /// is as long as every other, whatever the name.
+        pub const TARGET: Range<usize> = 40..104;
     }
     pub mod server {
         use std::ops::Range;
@@ -64,6 +67,9 @@ pub const MAX_STRIPES: u8 = 64;
 pub const MIN_WINDOW: u32 = 256 * 1024;
 /// Every receiver accepts DATA payloads of at least this size.
 pub const MIN_MAX_PAYLOAD: u32 = 16 * 1024;
+
+/// Longest target name a hello carries.
+pub const MAX_TARGET_NAME: usize = 64;
 
 pub type SessionId = [u8; 16];
 pub type Secret = [u8; SECRET_LEN];
@@ -101,6 +107,90 @@ pub struct ClientHello {
     /// The stripe is on a backup path: it carries no data while a stripe
     /// of a primary path is up.
     pub backup: bool,
+    /// Which of the server's targets the session is for.
+    pub target: TargetName,
+}
+
+/// The name of one of the server's targets, as a session asks for it;
+/// empty means the server's default target. At most [`MAX_TARGET_NAME`]
+/// bytes of ASCII letters, digits, `.`, `_` and `-`: it appears in logs,
+/// and in `NAME=HOST:PORT` and `ADDR=NAME` options.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TargetName {
+    len: u8,
+    bytes: [u8; MAX_TARGET_NAME],
+}
+
+impl TargetName {
+    /// The server's default target (no name).
+    pub const DEFAULT: TargetName = TargetName {
+        len: 0,
+        bytes: [0; MAX_TARGET_NAME],
+    };
+
+    /// A name as an option gives it; the error says what is wrong with it.
+    pub fn new(name: &str) -> Result<TargetName, String> {
+        if name.is_empty() {
+            return Err("a target name cannot be empty".into());
+        }
+        if name.len() > MAX_TARGET_NAME {
+            return Err(format!(
+                "target name `{name}` is longer than {MAX_TARGET_NAME} bytes"
+            ));
+        }
+        if let Some(c) = name.chars().find(|&c| !Self::allowed(c as u32)) {
+            return Err(format!(
+                "target name `{name}` has {c:?}: only letters, digits, '.', '_' and '-' are allowed"
+            ));
+        }
+        let mut bytes = [0; MAX_TARGET_NAME];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(TargetName {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    fn allowed(c: u32) -> bool {
+        u8::try_from(c).is_ok_and(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The name; empty for the default target.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("checked to be ASCII")
+    }
+}
+
+impl fmt::Display for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_default() {
+            f.write_str("(default)")
+        } else {
+            f.write_str(self.as_str())
+        }
+    }
+}
+
+impl Ord for TargetName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for TargetName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetName({:?})", self.as_str())
+    }
 }
 
 /// Bits of the client hello's flags byte; the others must be zero.
@@ -125,6 +215,7 @@ pub enum Status {
     ServerFull,
     AuthFailed,
     ServerBusy,
+    UnknownTarget,
     Other(u8),
 }
 
@@ -139,6 +230,7 @@ impl Status {
             Status::ServerFull => 5,
             Status::AuthFailed => 6,
             Status::ServerBusy => 7,
+            Status::UnknownTarget => 8,
             Status::Other(c) => c,
         }
     }
@@ -153,6 +245,7 @@ impl Status {
             5 => Status::ServerFull,
             6 => Status::AuthFailed,
             7 => Status::ServerBusy,
+            8 => Status::UnknownTarget,
             c => Status::Other(c),
         }
     }
@@ -169,6 +262,7 @@ impl fmt::Display for Status {
             Status::ServerFull => write!(f, "server at its session limit"),
             Status::AuthFailed => write!(f, "authentication failed (wrong key?)"),
             Status::ServerBusy => write!(f, "server busy"),
+            Status::UnknownTarget => write!(f, "the server has no target of that name"),
             Status::Other(c) => write!(f, "refused with unknown code {c}"),
         }
     }
@@ -207,6 +301,8 @@ impl ClientHello {
         b[f::SESSION].copy_from_slice(&self.session);
         b[f::WINDOW].copy_from_slice(&self.window.to_be_bytes());
         b[f::MAX_PAYLOAD].copy_from_slice(&self.max_payload.to_be_bytes());
+        b[f::TARGET_LEN] = self.target.len;
+        b[f::TARGET].copy_from_slice(&self.target.bytes);
         b
     }
 
@@ -235,12 +331,10 @@ impl ClientHello {
                 "max payload below the protocol minimum",
             ));
         }
-        if b[f::RESERVED_A] != 0
-            || b[f::FLAGS] & !FLAG_BACKUP != 0
-            || b[f::RESERVED].iter().any(|&x| x != 0)
-        {
+        if b[f::FLAGS] & !FLAG_BACKUP != 0 || b[f::RESERVED].iter().any(|&x| x != 0) {
             return Err(HandshakeError::BadField("reserved bytes"));
         }
+        let target = parse_target(b[f::TARGET_LEN], &b[f::TARGET])?;
         Ok(ClientHello {
             kind,
             index,
@@ -249,8 +343,30 @@ impl ClientHello {
             window,
             max_payload,
             backup: b[f::FLAGS] & FLAG_BACKUP != 0,
+            target,
         })
     }
+}
+
+/// The target name field: its length, then the name's bytes and zeros.
+fn parse_target(len: u8, field: &[u8]) -> Result<TargetName, HandshakeError> {
+    let len = len as usize;
+    if len > MAX_TARGET_NAME {
+        return Err(HandshakeError::BadField("target name length"));
+    }
+    let (name, padding) = field.split_at(len);
+    if !name.iter().all(|&c| TargetName::allowed(c.into())) {
+        return Err(HandshakeError::BadField("target name characters"));
+    }
+    if padding.iter().any(|&x| x != 0) {
+        return Err(HandshakeError::BadField("target name padding"));
+    }
+    let mut bytes = [0; MAX_TARGET_NAME];
+    bytes.copy_from_slice(field);
+    Ok(TargetName {
+        len: len as u8,
+        bytes,
+    })
 }
 
 impl ServerHello {
@@ -301,6 +417,7 @@ mod tests {
             window: 8 << 20,
             max_payload: 65536,
             backup: false,
+            target: TargetName::new("db-1.eu_west").unwrap(),
         }
     }
 
@@ -329,6 +446,30 @@ mod tests {
     }
 
     #[test]
+    fn target_names_round_trip_and_are_checked() {
+        let mut h = hello();
+        h.target = TargetName::DEFAULT;
+        let b = h.encode();
+        assert_eq!(b[field::client::TARGET_LEN], 0);
+        assert_eq!(ClientHello::parse(&b), Ok(h));
+        assert!(ClientHello::parse(&b).unwrap().target.is_default());
+        let longest = "a".repeat(MAX_TARGET_NAME);
+        h.target = TargetName::new(&longest).unwrap();
+        let back = ClientHello::parse(&h.encode()).unwrap();
+        assert_eq!(back.target.as_str(), longest);
+        let b = hello().encode();
+        assert_eq!(&b[field::client::TARGET][..12], b"db-1.eu_west");
+        assert_eq!(b[field::client::TARGET_LEN], 12);
+
+        assert!(TargetName::new("").unwrap_err().contains("empty"));
+        let e = TargetName::new(&"a".repeat(65)).unwrap_err();
+        assert!(e.contains("longer than 64"), "{e}");
+        let e = TargetName::new("db 1").unwrap_err();
+        assert!(e.contains("' '") && e.contains("only letters"), "{e}");
+        assert!(TargetName::new("db=1").is_err() && TargetName::new("é").is_err());
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let mut b = hello().encode();
         b[field::client::INDEX] = 4;
@@ -349,6 +490,25 @@ mod tests {
         let mut h = hello();
         h.window = 1000;
         assert!(ClientHello::parse(&h.encode()).is_err());
+        let mut b = hello().encode();
+        b[field::client::TARGET_LEN] = 65;
+        assert_eq!(
+            ClientHello::parse(&b),
+            Err(HandshakeError::BadField("target name length"))
+        );
+        let mut b = hello().encode();
+        b[field::client::TARGET.start + 2] = b' ';
+        assert_eq!(
+            ClientHello::parse(&b),
+            Err(HandshakeError::BadField("target name characters"))
+        );
+        let mut b = hello().encode();
+        b[field::client::TARGET_LEN] = 4;
+        assert_eq!(
+            ClientHello::parse(&b),
+            Err(HandshakeError::BadField("target name padding")),
+            "bytes of the name beyond its length"
+        );
         let mut b = ServerHello {
             status: Status::Ok,
             window: 1 << 20,

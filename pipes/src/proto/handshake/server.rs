@@ -199,7 +199,7 @@ fn preamble_failed(e: NoiseError) -> ServerStep {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClientHandshake, ClientStep, Kind};
+    use super::super::{ClientHandshake, ClientStep, Kind, TargetName};
     use super::*;
 
     fn hello() -> ClientHello {
@@ -211,6 +211,7 @@ mod tests {
             window: 1 << 20,
             max_payload: 1 << 16,
             backup: false,
+            target: TargetName::DEFAULT,
         }
     }
 

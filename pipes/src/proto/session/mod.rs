@@ -340,6 +340,13 @@ impl Session {
         self.stripes.get(i).and_then(|s| s.rate.rate())
     }
 
+    /// Stripe `i`'s readings while it is up, for the metrics: smoothed
+    /// round trip (TCP_INFO), bytes queued on it, drain rate (bytes/s).
+    pub fn stripe_reading(&self, i: usize) -> Option<(Option<Duration>, u64, Option<f64>)> {
+        let s = self.stripes.get(i).filter(|s| s.up)?;
+        Some((s.rtt, s.kernel_queued + s.queued_since, s.rate.rate()))
+    }
+
     /// Round trip measured by stripe `i`'s last PING.
     pub fn stripe_ping_rtt(&self, i: usize) -> Option<Duration> {
         self.keepalive.rtt(i)

@@ -43,7 +43,7 @@ impl Default for SessionConfig {
             max_pieces: 16_384,
             rate_interval: Duration::from_millis(100),
             keepalive: Duration::from_secs(1),
-            idle_keepalive: Duration::from_secs(15),
+            idle_keepalive: Duration::from_secs(30),
             stripe_timeout: Duration::from_secs(5),
         }
     }
