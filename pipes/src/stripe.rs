@@ -58,10 +58,12 @@ pub struct Stripe {
     drained_at: Option<u64>,
     /// The kernel's smoothed RTT at its last reading.
     path_rtt: Option<Duration>,
-    /// Client: the handshake in progress.
-    handshake: Option<ClientHandshake>,
+    /// Client: the handshake in progress. Boxed, like the first flight:
+    /// Noise's state is ~900 bytes, which every stripe of every idle
+    /// session would otherwise carry inline long after its handshake.
+    handshake: Option<Box<ClientHandshake>>,
     /// Client, while connecting: the handshake and its first message.
-    first_flight: Option<(ClientHandshake, Vec<u8>)>,
+    first_flight: Option<Box<(ClientHandshake, Vec<u8>)>>,
     /// Client: whether this connection replaces a lost stripe.
     join: bool,
 }
@@ -90,7 +92,7 @@ impl Stripe {
         )?;
         let mut s = Stripe::new(cfg, tcp, StripeState::Connecting);
         s.join = hello.kind == Kind::Join;
-        s.first_flight = Some(first);
+        s.first_flight = Some(Box::new(first));
         // A connect that completed in the call (loopback, often a LAN) takes
         // the first flight at once, before this client dials its other
         // stripes: a burst of sessions then leaves no connection silent at
@@ -207,9 +209,9 @@ impl Stripe {
 
     fn send_first_flight(&mut self, cfg: &StripedConfig, now: Instant) {
         self.tune(cfg);
-        let (hs, bytes) = self.first_flight.take().expect("made when dialling");
+        let (hs, bytes) = *self.first_flight.take().expect("made when dialling");
         self.framed.queue_raw(&bytes);
-        self.handshake = Some(hs);
+        self.handshake = Some(Box::new(hs));
         self.set_state(StripeState::AwaitAnswer, now);
     }
 
@@ -240,7 +242,7 @@ impl Stripe {
             self.framed.inner_mut().consume(ClientHandshake::ANSWER_LEN);
             self.handshake = None;
             // The handshake's state (a few KiB of Noise) is free now.
-            striper_core::mem::note_freed(0);
+            striper_core::mem::note_released();
             return Ok(Some(step));
         }
         if self.framed.inner().at_eof() {

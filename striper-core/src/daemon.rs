@@ -364,7 +364,7 @@ impl Daemon {
                 service.finished(slot, task);
                 // What a finished task held (a session's state, a
                 // handshake's keys) is free now; trim it in due course.
-                crate::mem::note_freed(0);
+                crate::mem::note_released();
             }
             // The listener is edge-triggered: connections left queued while
             // paused raise no new event, so look again once slots are free

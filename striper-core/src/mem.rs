@@ -5,30 +5,33 @@
 //! resident memory stays at its peak: 3,000 sessions that each once held
 //! ~90 KiB kept ~270 MiB resident while idle. `malloc_trim` returns the free
 //! pages inside the heap. It walks the heap, so it runs at most once a
-//! second when buffers of at least [`TRIM_AFTER`] bytes were freed, and
-//! otherwise at most every [`SLOW_INTERVAL`] after anything was freed: idle
-//! sessions' keepalives free a few small blocks all the time, and trimming
-//! for them every second was 5-8% of the system calls of 2,000 idle
-//! sessions, while what they and finished handshakes leave free still
-//! adds up (a trim took 2,000 idle sessions' client from 46 to 10 MB).
+//! second, and only after something worth it was freed: a buffer of at
+//! least [`WORTH_NOTING`] bytes, or a task's or handshake's state
+//! ([`note_released`]). Idle sessions' keepalives free a few small blocks
+//! all the time, which the allocator reuses and a trim cannot return;
+//! trimming for them every second was 5-8% of the system calls of 2,000
+//! idle sessions.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bytes of buffers freed since the last trim, plus one per note (so a
-/// note of 0 bytes still counts as something freed).
-static FREED: AtomicUsize = AtomicUsize::new(0);
+static FREED: AtomicBool = AtomicBool::new(false);
 
-/// Bytes of freed buffers that make a trim worth doing within a second.
-pub const TRIM_AFTER: usize = 1 << 20;
+/// Smaller buffers are not worth a trim of their own.
+pub const WORTH_NOTING: usize = 16 * 1024;
 const INTERVAL: Duration = Duration::from_secs(1);
-/// The longest a smaller amount of freed memory waits for a trim.
-pub const SLOW_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Notes that `bytes` of buffers (or some other memory, `0` when unknown)
-/// were freed.
+/// Notes that a buffer of `bytes` was freed.
 pub fn note_freed(bytes: usize) {
-    FREED.fetch_add(bytes.saturating_add(1), Ordering::Relaxed);
+    if bytes >= WORTH_NOTING {
+        FREED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Notes that a finished task or handshake gave back its state (a session
+/// that ends, Noise's handshake state: they add up over many sessions).
+pub fn note_released() {
+    FREED.store(true, Ordering::Relaxed);
 }
 
 /// Trims the heap after memory was freed, at most once per interval.
@@ -41,26 +44,20 @@ impl Trimmer {
         Trimmer { last: None }
     }
 
-    /// Trims if enough was freed and the last trim is old enough. Returns
-    /// how long the event loop may sleep before calling again (`None`:
-    /// nothing pending).
+    /// Trims if memory was freed and the last trim is an interval old.
+    /// Returns how long the event loop may sleep before calling again
+    /// (`None`: nothing pending).
     pub fn poll(&mut self, now: Instant) -> Option<Duration> {
-        let freed = FREED.load(Ordering::Relaxed);
-        if freed == 0 {
+        if !FREED.load(Ordering::Relaxed) {
             return None;
         }
-        let interval = if freed >= TRIM_AFTER {
-            INTERVAL
-        } else {
-            SLOW_INTERVAL
-        };
         if let Some(t) = self.last {
             let since = now.saturating_duration_since(t);
-            if since < interval {
-                return Some(interval - since);
+            if since < INTERVAL {
+                return Some(INTERVAL - since);
             }
         }
-        FREED.store(0, Ordering::Relaxed);
+        FREED.store(false, Ordering::Relaxed);
         self.last = Some(now);
         trim();
         None

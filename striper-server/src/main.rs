@@ -500,7 +500,7 @@ impl Server {
     /// An authenticated stripe joins its session, creating it if needed.
     fn join(&mut self, h: Handshake, hello: ClientHello, secret: Secret, keys: Keys) {
         // The handshake's Noise state is dropped here: trim it in due course.
-        striper_core::mem::note_freed(0);
+        striper_core::mem::note_released();
         let peer = h.peer();
         let slot = match self.sessions.get(&hello.session) {
             Some(&slot) => slot,
