@@ -185,9 +185,23 @@ def cmd_idle(a):
     return 1 if errors else 0
 
 
+def wait_quiet(pids, limit_s=30.0):
+    """Until the processes use under 2% of a core over half a second (the
+    sessions of a previous run closed), at most limit_s."""
+    hz = os.sysconf("SC_CLK_TCK")
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        c0 = sum(proc_ticks(p) for p in pids)
+        time.sleep(0.5)
+        if (sum(proc_ticks(p) for p in pids) - c0) / hz < 0.01:
+            return
+
+
 def cmd_burst(a):
     raise_nofile()
     addr = hostport(a.connect)
+    if a.pids:
+        wait_quiet([int(p) for p in a.pids.split(",")])
     keys = {"ListenOverflows", "ListenDrops"}
     n0 = nstat(keys)
     socks, times, errors = open_many(addr, a.conns, a.batch, a.timeout)
@@ -230,6 +244,7 @@ def main():
     b.add_argument("--conns", type=int, default=2000)
     b.add_argument("--batch", type=int, default=200)
     b.add_argument("--timeout", type=float, default=10.0)
+    b.add_argument("--pids", default="", help="start once these processes are quiet")
     a = p.parse_args()
     return {"echo": cmd_echo, "idle": cmd_idle, "burst": cmd_burst}[a.cmd](a)
 
