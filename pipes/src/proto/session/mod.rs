@@ -49,7 +49,10 @@ struct Stripe {
     /// Bytes handed to this stripe since that measurement.
     queued_since: u64,
     rate: RateEstimator,
+    /// Smoothed round trip as the kernel last reported it (`TCP_INFO`).
     rtt: Option<Duration>,
+    /// The smallest round trip the kernel has seen: the path without queues.
+    min_rtt: Option<Duration>,
     rst_sent: bool,
     /// On a backup path: carries data only while no primary stripe is up.
     backup: bool,
@@ -335,6 +338,14 @@ impl Session {
         }
     }
 
+    /// The smallest round trip the kernel has seen on stripe `i`: what a
+    /// frame on it takes once its own queue has drained.
+    pub fn set_stripe_min_rtt(&mut self, i: usize, min_rtt: Duration) {
+        if let Some(s) = self.stripes.get_mut(i) {
+            s.min_rtt = Some(min_rtt);
+        }
+    }
+
     /// The drain rate measured on stripe `i`, bytes per second.
     pub fn stripe_rate(&self, i: usize) -> Option<f64> {
         self.stripes.get(i).and_then(|s| s.rate.rate())
@@ -366,7 +377,7 @@ impl Session {
             })
         };
         format!(
-            "{}, rate {}, queued {} KiB, rtt {}, ping {}",
+            "{}, rate {}, queued {} KiB, rtt {} (now {}), ping {}",
             if s.writable { "writable" } else { "full" },
             s.rate.rate().map_or("unmeasured".to_string(), |r| format!(
                 "{:.1} Mbit/s",
@@ -374,6 +385,7 @@ impl Session {
             )),
             (s.kernel_queued + s.queued_since) >> 10,
             ms(s.rtt),
+            ms(s.rtt_now()),
             ms(self.keepalive.rtt(i)),
         )
     }
@@ -686,6 +698,7 @@ impl Stripe {
             queued_since: 0,
             rate: RateEstimator::new(rate_interval),
             rtt: None,
+            min_rtt: None,
             rst_sent: false,
             backup: false,
         }

@@ -149,6 +149,58 @@ fn bytes_in_flight_do_not_make_a_stripe_look_slow() {
     assert!(s.poll_transmit().is_none(), "waits for the empty stripe");
 }
 
+/// A stripe left idle keeps the kernel's smoothed RTT of its last busy
+/// spell: on bench-bond.sh the slow link's stripes kept the 200 ms of a
+/// start-up queue for the whole run while their path answered PINGs in
+/// 0.1 ms, and never got another frame. With nothing in flight the path's
+/// own round trip applies, and the idle stripe takes the frame rather
+/// than the session waiting for a full fast one.
+#[test]
+fn a_stale_round_trip_does_not_lock_an_idle_stripe_out() {
+    let mut s = Session::new(SessionConfig::default(), 2);
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    s.stripe_up(0, t0);
+    s.stripe_up(1, t0);
+    // Measured while busy: stripe 0 drains 1.9 MB/s, stripe 1 650 kB/s.
+    for (k, t) in [0, 100, 200].into_iter().enumerate() {
+        let k = k as u64;
+        s.update_stripe(0, ms(t), (150_000, 64_000), k * 190_000, None);
+        s.update_stripe(1, ms(t), (100_000, 30_000), k * 65_000, None);
+    }
+    assert_eq!(s.stripe_rate(1), Some(650_000.0));
+    // Now stripe 0 is full (64 KB unsent, 22 ms), stripe 1 has had
+    // nothing for a while and the kernel still says 200 ms.
+    let stale = Some(Duration::from_millis(200));
+    s.update_stripe(
+        0,
+        ms(300),
+        (150_000, 64_000),
+        3 * 190_000,
+        Some(Duration::from_millis(22)),
+    );
+    s.update_stripe(1, ms(300), (0, 0), 3 * 65_000, stale);
+    s.set_stripe_min_rtt(1, Duration::from_micros(50));
+    s.set_stripe_writable(0, false);
+    assert_eq!(s.write(&[7u8; 16_000]), 16_000);
+    let t = s.poll_transmit().expect("the idle stripe takes the frame");
+    assert_eq!(t.stripe, 1);
+    // Once it carries a window, its round trip is that window's drain
+    // time (Little's law), never more than the kernel's figure.
+    s.update_stripe(1, ms(310), (65_000, 0), 3 * 65_000, stale);
+    assert!(
+        s.describe_stripe(1).contains("rtt 200.0 ms (now 100.0 ms)"),
+        "{}",
+        s.describe_stripe(1)
+    );
+    s.update_stripe(1, ms(320), (650_000, 0), 3 * 65_000, stale);
+    assert!(
+        s.describe_stripe(1).contains("(now 200.0 ms)"),
+        "{}",
+        s.describe_stripe(1)
+    );
+}
+
 #[test]
 fn data_of_a_lost_stripe_is_sent_again_elsewhere() {
     let mut s = Session::new(SessionConfig::default(), 2);
