@@ -31,7 +31,9 @@ impl Session {
         self.stripes.iter().any(|s| s.up && !s.backup)
     }
 
-    pub(super) fn choose(&mut self, len: u64, avoid: Option<usize>) -> Option<usize> {
+    /// The stripe for a frame of `len` bytes, not one in `avoid` (bit k:
+    /// stripe k) unless they are all that is left.
+    pub(super) fn choose(&mut self, len: u64, avoid: u64) -> Option<usize> {
         // Backup stripes stand by while a primary one lives; they take
         // everything, ACKs included, once none does, or once the peer has
         // moved to them (its primaries may be dead before ours know it).
@@ -39,12 +41,21 @@ impl Session {
         let on_backup =
             backup_up && !self.hold_backups && (self.peer_on_backup || !self.primary_up());
         let usable = |s: &Stripe| s.up && s.backup == on_backup;
-        // Never avoid the last stripe standing.
-        let avoid = avoid.filter(|_| self.stripes.iter().filter(|s| usable(s)).count() > 1);
+        // Never avoid the last stripes standing.
+        let avoid = if self
+            .stripes
+            .iter()
+            .enumerate()
+            .any(|(k, s)| usable(s) && avoid & super::stall::bit(k) == 0)
+        {
+            avoid
+        } else {
+            0
+        };
         self.views.clear();
         self.views
             .extend(self.stripes.iter().enumerate().map(|(k, s)| StripeView {
-                up: usable(s) && Some(k) != avoid,
+                up: usable(s) && avoid & super::stall::bit(k) == 0,
                 writable: s.writable,
                 // Bytes in flight do not delay a new frame's departure;
                 // only the unsent ones ahead of it do. Counting the flight
