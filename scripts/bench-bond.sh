@@ -141,16 +141,20 @@ start() { # ns log command...: a background process, killed at the end
     PIDS+=($!)
 }
 
-# Ports (server namespace): iperf3 5201, MPTCP iperf3 5204, the failover
+# Ports (server namespace): an iperf3 server per system (a single-test
+# server refuses a client while the last test's tunnel still winds down):
+# 5201 one flow, 5204 MPTCP, 5206 agg-tunnel, 5207 striper; the failover
 # sink 5301, striper 7900, agg-tunnel 5800. Client namespace: striper 5202
 # (-> iperf3) and 5203 (-> the sink), agg-tunnel 5205.
 start bonds "$WORK/iperf3.log" iperf3 -s -p 5201
 has mptcp && start bonds "$WORK/iperf3-mptcp.log" mptcpize run iperf3 -s -p 5204
+has agg && start bonds "$WORK/iperf3-agg.log" iperf3 -s -p 5206
+has striper && start bonds "$WORK/iperf3-striper.log" iperf3 -s -p 5207
 CLIENT_LOG=info
 [ "${KEEP:-0}" = 1 ] && CLIENT_LOG=debug
 if has striper || [ -n "${FAILOVER// /}" ]; then
     start bonds "$WORK/server.log" "$BIN/stripe-server" --listen 10.99.9.1:7900 \
-        --target 127.0.0.1:5201 --target sink=127.0.0.1:5301 --insecure-no-auth $STRIPER_ARGS
+        --target 127.0.0.1:5207 --target sink=127.0.0.1:5301 --insecure-no-auth $STRIPER_ARGS
     wait_listen bonds 7900
     start bondc "$WORK/client.log" env RUST_LOG="$CLIENT_LOG" "$BIN/stripe-client" \
         --listen 127.0.0.1:5202 --forward 127.0.0.1:5203=sink --server 10.99.9.1:7900 \
@@ -158,10 +162,10 @@ if has striper || [ -n "${FAILOVER// /}" ]; then
     wait_listen bondc 5202
 fi
 if has agg; then
-    start bonds "$WORK/agg-server.log" "$AGG_PATH" server --tcp 5800 -p 5201 -n
+    start bonds "$WORK/agg-server.log" "$AGG_PATH" server --tcp 5800 -p 5206 -n
     wait_listen bonds 5800
     start bondc "$WORK/agg-client.log" "$AGG_PATH" client --tcp 10.99.9.1:5800 \
-        --tcp-link-filter interface-ip -p 5201:5205 -n
+        --tcp-link-filter interface-ip -p 5206:5205 -n
     wait_listen bondc 5205
 fi
 wait_listen bonds 5201
@@ -175,7 +179,13 @@ upload() {
     local name=$1 a0 b0 a1 b1 mbit
     shift
     a0=$(tx_bytes bcA) b0=$(tx_bytes bcB)
-    mbit=$($C "$@" -t "$SECS" -J | python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))')
+    $C "$@" -t "$SECS" -J >"$WORK/upload.json" || true
+    mbit=$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+if "error" in d:
+    sys.exit("bench-bond.sh: iperf3: " + d["error"])
+print("%.1f" % (d["end"]["sum_received"]["bits_per_second"] / 1e6))' "$WORK/upload.json")
     a1=$(tx_bytes bcA) b1=$(tx_bytes bcB)
     echo "$name $mbit $(((a1 - a0) * 100 / (a1 - a0 + b1 - b0 + 1)))" >>"$WORK/results"
     echo "  $name: $mbit Mbit/s, link A $((a1 - a0)) / link B $((b1 - b0)) bytes"
