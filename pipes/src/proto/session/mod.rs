@@ -80,7 +80,8 @@ pub struct Session {
     data_in_at: Option<Instant>,
     /// When the peer's ACK last moved (or there was nothing to acknowledge).
     ack_progress_at: Option<Instant>,
-    /// A stall was bypassed up to here; no other until the ACK passes it.
+    /// Stalls were bypassed up to here; until the ACK passes it, only a
+    /// stuck stripe not bypassed yet gets another.
     stall_bypassed_until: u64,
     /// The stripes stalls were bypassed around since the ACK last passed
     /// `stall_bypassed_until` (bit i: stripe i); re-sends avoid them.
