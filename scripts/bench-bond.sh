@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# bench-bond.sh: striper bonding two links of different rates, against one
-# TCP flow on each link alone, and a failover run.
+# bench-bond.sh: bonding two links of different rates. striper against one
+# TCP flow on each link alone, Linux MPTCP (one subflow per link) and
+# aggligator's agg-tunnel (one link per interface), in the same run; then
+# failover runs (a black hole and a reset) through striper.
 #
-#   sudo scripts/bench-bond.sh                 # RATE_A=30 RATE_B=10 SECS=10
+#   sudo scripts/bench-bond.sh          # RATE_A=30 RATE_B=10 SECS=25 RUNS=3
 #
 # Two network namespaces joined by two veth pairs, each pair one link whose
 # whole rate is capped by HTB on both ends (one class for the link, not per
@@ -12,28 +14,42 @@
 #     bcA 10.99.1.1  ==== link A ====  bsA 10.99.1.2   RATE_A Mbit/s
 #     bcB 10.99.2.1  ==== link B ====  bsB 10.99.2.2   RATE_B Mbit/s
 #
-# The client reaches the server's 10.99.9.1 over either link; its paths are
-# `--via bcA --via bcB` (SO_BINDTODEVICE: the stripes of each path leave by
-# their interface). Runs, receiver goodput from iperf3 (upload):
-#   1. one TCP flow on link A, then on link B, straight to the server;
-#   2. iperf3 through striper over both links (STRIPES per path);
-#   3. failover: iperf3 through striper for FO_SECS, 1 s intervals;
-#      link B goes down at FO_DOWN s (`ip link set bcB down`) and up again at
-#      FO_UP s (10 s: longer than the default --stripe-timeout, so the path
-#      is declared dead and re-dialed); the receiver's intervals are printed.
-# No added delay: the kernel here has no netem (the link emulator in
-# tests/src/linkemu.rs does delay in the end-to-end tests). Linux MPTCP and
-# aggligator are not compared (see docs/BENCHMARKS.md).
+# The client reaches the server's 10.99.9.1 over either link. striper's
+# paths are `--via bcA --via bcB` (SO_BINDTODEVICE); MPTCP's subflows leave
+# from the two client addresses (subflow endpoints, with a routing rule per
+# source address); agg-tunnel binds one link to each interface.
 #
-# Env: RATE_A=30 RATE_B=10 (Mbit/s) SECS=10 STRIPES=2 FO_SECS=24 FO_DOWN=6
-#      FO_UP=16 STRIPER_ARGS="" BIN=target/release KEEP=1 (keep the logs)
+# Throughput: iperf3 uploads of SECS seconds, RUNS rounds of every system in
+# turn; the receiver's goodput over the whole run (start-up included), the
+# median of the rounds, and each link's share of the bytes (HTB counters of
+# the client's two links around the run, headers included).
+#
+# Failover (through striper, scripts/bench_bond.py: a seeded stream, CRC32
+# checked, every read timed at the receiver): link B fails at FO_DOWN s and
+# is restored at FO_UP s.
+#   blackhole  `ip link set bcB down`: packets vanish, nobody is told;
+#   reset      the server's side of link B answers every TCP segment with an
+#              RST (iptables REJECT --reject-with tcp-reset).
+# Printed: the receiver's Mbit/s per second and the gap (the longest time
+# with no byte delivered) after each event.
+#
+# No added delay: the kernel here has no netem (the end-to-end tests in
+# tests/tests/bond.rs add delay with the link emulator).
+#
+# Env: RATE_A=30 RATE_B=10 (Mbit/s) SECS=25 RUNS=3 STRIPES=2
+#      SYSTEMS="single mptcp agg striper" (single: one TCP flow on A, then B)
+#      FAILOVER="blackhole reset" FO_SECS=20 FO_DOWN=6 FO_UP=14
+#      STRIPER_ARGS="" BIN=target/release AGG=agg-tunnel (skipped if absent;
+#      cargo install aggligator-util@0.18.12 --locked --no-default-features)
+#      KEEP=1 (keep the logs; striper's client logs at debug level then)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
-: "${RATE_A:=30}" "${RATE_B:=10}" "${SECS:=10}" "${STRIPES:=2}"
-: "${FO_SECS:=24}" "${FO_DOWN:=6}" "${FO_UP:=16}" "${STRIPER_ARGS:=}"
-: "${BIN:=$ROOT/target/release}"
+: "${RATE_A:=30}" "${RATE_B:=10}" "${SECS:=25}" "${RUNS:=3}" "${STRIPES:=2}"
+: "${SYSTEMS=single mptcp agg striper}" "${FAILOVER=blackhole reset}"
+: "${FO_SECS:=20}" "${FO_DOWN:=6}" "${FO_UP:=14}" "${STRIPER_ARGS:=}"
+: "${BIN:=$ROOT/target/release}" "${AGG:=agg-tunnel}"
 
 if [ "$(id -u)" != 0 ]; then
     echo "bench-bond.sh: needs root (network namespaces, tc); skipping the benchmark."
@@ -42,6 +58,20 @@ fi
 for t in ip tc iperf3 python3; do
     command -v "$t" >/dev/null || { echo "bench-bond.sh: $t is missing" >&2; exit 1; }
 done
+has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
+note() { echo "bench-bond.sh: $*" >&2; }
+if has mptcp && ! command -v mptcpize >/dev/null; then
+    note "MPTCP skipped: mptcpize is missing (apt-get install mptcpize)"
+    SYSTEMS=${SYSTEMS/mptcp/}
+fi
+if has agg && ! AGG_PATH=$(command -v "$AGG"); then
+    note "agg-tunnel skipped: '$AGG' is not on the PATH"
+    SYSTEMS=${SYSTEMS/agg/}
+fi
+if [[ " $FAILOVER " == *" reset "* ]] && ! command -v iptables >/dev/null; then
+    note "reset failover skipped: iptables is missing"
+    FAILOVER=${FAILOVER/reset/}
+fi
 if [ ! -x "$BIN/stripe-client" ] || [ ! -x "$BIN/stripe-server" ]; then
     (cd "$ROOT" && cargo build --release -p striper-client -p striper-server)
 fi
@@ -75,8 +105,11 @@ for l in A:1:"$RATE_A" B:2:"$RATE_B"; do
     $C ip link set "bc$name" up
     $S ip link set "bs$name" up
     # The server's address over this link; a stripe bound to the interface
-    # finds the route of its own device.
+    # finds the route of its own device, a socket bound to the link's
+    # address (an MPTCP subflow) the table its rule names.
     $C ip route add 10.99.9.1/32 via "10.99.$net.2" dev "bc$name" metric "$net"
+    $C ip route add 10.99.9.1/32 via "10.99.$net.2" dev "bc$name" table "10$net"
+    $C ip rule add from "10.99.$net.1" table "10$net"
     for end in "bondc bc$name" "bonds bs$name"; do
         read -r ns dev <<<"$end"
         ip netns exec "$ns" tc qdisc add dev "$dev" root handle 1: htb default 10
@@ -84,65 +117,173 @@ for l in A:1:"$RATE_A" B:2:"$RATE_B"; do
             rate "${rate}mbit" ceil "${rate}mbit"
     done
 done
+if has mptcp; then
+    $S sysctl -qw net.mptcp.enabled=1
+    $C sysctl -qw net.mptcp.enabled=1
+    for ns in bondc bonds; do ip -n $ns mptcp limits set subflows 2 add_addr_accepted 2; done
+    # The first subflow leaves by link A (the lower metric); this endpoint
+    # adds one from link B.
+    ip -n bondc mptcp endpoint add 10.99.2.1 dev bcB subflow
+fi
 
-$S iperf3 -s -D -p 5201 --pidfile "$WORK/iperf3.pid" >/dev/null
-sleep 0.3
-PIDS+=("$(cat "$WORK/iperf3.pid")")
-$S "$BIN/stripe-server" --listen 10.99.9.1:7900 --target 127.0.0.1:5201 \
-    --insecure-no-auth $STRIPER_ARGS 2>"$WORK/server.log" &
-PIDS+=($!)
-$C "$BIN/stripe-client" --listen 127.0.0.1:5202 --server 10.99.9.1:7900 \
-    --via bcA --via bcB --stripes "$STRIPES" --insecure-no-auth $STRIPER_ARGS \
-    2>"$WORK/client.log" &
-PIDS+=($!)
-for _ in $(seq 50); do
-    grep -q "listening on" "$WORK/client.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q "listening on" "$WORK/client.log" || { cat "$WORK/client.log" >&2; exit 1; }
-
-mbit() { # iperf3 JSON on stdin: receiver goodput in Mbit/s
-    python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))'
+wait_listen() { # ns port: up to 5 s for a listener
+    for _ in $(seq 50); do
+        ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
+        sleep 0.1
+    done
+    echo "bench-bond.sh: nothing listens on port $2 in $1" >&2
+    exit 1
+}
+start() { # ns log command...: a background process, killed at the end
+    local ns=$1 log=$2
+    shift 2
+    ip netns exec "$ns" "$@" >"$log" 2>&1 &
+    PIDS+=($!)
 }
 
-echo "links: A $RATE_A Mbit/s, B $RATE_B Mbit/s (HTB per link); $SECS s uploads"
-a=$($C iperf3 -c 10.99.1.2 -p 5201 -t "$SECS" -J | mbit)
-b=$($C iperf3 -c 10.99.2.2 -p 5201 -t "$SECS" -J | mbit)
-s=$($C iperf3 -c 127.0.0.1 -p 5202 -t "$SECS" -J | mbit)
-sum=$((RATE_A + RATE_B))
-echo
-echo "| run | Mbit/s | of $sum |"
-echo "|---|---:|---:|"
-for r in "one TCP flow, link A:$a" "one TCP flow, link B:$b" \
-    "striper, links A + B ($STRIPES stripes each):$s"; do
-    python3 -c "import sys; n,v=sys.argv[1].rsplit(':',1); print('| %s | %s | %.2f |' % (n, v, float(v)/$sum))" "$r"
-done
+# Ports (server namespace): an iperf3 server per system (a single-test
+# server refuses a client while the last test's tunnel still winds down):
+# 5201 one flow, 5204 MPTCP, 5206 agg-tunnel, 5207 striper; the failover
+# sink 5301, striper 7900, agg-tunnel 5800. Client namespace: striper 5202
+# (-> iperf3) and 5203 (-> the sink), agg-tunnel 5205.
+start bonds "$WORK/iperf3.log" iperf3 -s -p 5201
+has mptcp && start bonds "$WORK/iperf3-mptcp.log" mptcpize run iperf3 -s -p 5204
+has agg && start bonds "$WORK/iperf3-agg.log" iperf3 -s -p 5206
+has striper && start bonds "$WORK/iperf3-striper.log" iperf3 -s -p 5207
+CLIENT_LOG=info
+[ "${KEEP:-0}" = 1 ] && CLIENT_LOG=debug
+if has striper || [ -n "${FAILOVER// /}" ]; then
+    start bonds "$WORK/server.log" "$BIN/stripe-server" --listen 10.99.9.1:7900 \
+        --target 127.0.0.1:5207 --target sink=127.0.0.1:5301 --insecure-no-auth $STRIPER_ARGS
+    wait_listen bonds 7900
+    start bondc "$WORK/client.log" env RUST_LOG="$CLIENT_LOG" "$BIN/stripe-client" \
+        --listen 127.0.0.1:5202 --forward 127.0.0.1:5203=sink --server 10.99.9.1:7900 \
+        --via bcA --via bcB --stripes "$STRIPES" --insecure-no-auth $STRIPER_ARGS
+    wait_listen bondc 5202
+fi
+if has agg; then
+    start bonds "$WORK/agg-server.log" "$AGG_PATH" server --tcp 5800 -p 5206 -n
+    wait_listen bonds 5800
+    start bondc "$WORK/agg-client.log" "$AGG_PATH" client --tcp 10.99.9.1:5800 \
+        --tcp-link-filter interface-ip -p 5206:5205 -n
+    wait_listen bondc 5205
+fi
+wait_listen bonds 5201
 
-echo
-echo "failover: link B down at $FO_DOWN s, up at $FO_UP s"
-$C iperf3 -c 127.0.0.1 -p 5202 -t "$FO_SECS" -i 1 -J --get-server-output >"$WORK/fo.json" &
-fo=$!
-sleep "$FO_DOWN"
-$C ip link set bcB down
-sleep $((FO_UP - FO_DOWN))
-$C ip link set bcB up
-$C ip route replace 10.99.9.1/32 via 10.99.2.2 dev bcB metric 2
-wait "$fo"
-python3 - "$WORK/fo.json" <<'EOF'
-import json, re, sys
+tx_bytes() { # dev: bytes HTB sent on the client's end of a link
+    $C tc -s class show dev "$1" | awk '/Sent/ { print $2; exit }'
+}
+# One upload: name, then the iperf3 client's arguments. Appends
+# "name mbit share_of_A" to results.
+upload() {
+    local name=$1 a0 b0 a1 b1 mbit
+    shift
+    a0=$(tx_bytes bcA) b0=$(tx_bytes bcB)
+    $C "$@" -t "$SECS" -J >"$WORK/upload.json" || true
+    mbit=$(python3 -c '
+import json, sys
 d = json.load(open(sys.argv[1]))
-print("| from s | to s | Mbit/s received |")
-print("|---:|---:|---:|")
-# The receiver's intervals (bytes delivered, not bytes the sender wrote);
-# this iperf3 gives the server's report as text only.
-unit = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3}
-pat = re.compile(r"(\d+\.\d+)-(\d+\.\d+)\s+sec\s+\S+ \S*Bytes\s+(\S+) ([KMG]?)bits/sec")
-for line in d["server_output_text"].splitlines():
-    m = pat.search(line)
-    if m and "receiver" not in line and "sender" not in line:
-        a, b, v, u = m.groups()
-        print("| %s | %s | %.1f |" % (a, b, float(v) * unit[u]))
-print("whole run: %.1f Mbit/s received" % (d["end"]["sum_received"]["bits_per_second"] / 1e6))
-EOF
+if "error" in d:
+    sys.exit("bench-bond.sh: iperf3: " + d["error"])
+print("%.1f" % (d["end"]["sum_received"]["bits_per_second"] / 1e6))' "$WORK/upload.json")
+    a1=$(tx_bytes bcA) b1=$(tx_bytes bcB)
+    echo "$name $mbit $(((a1 - a0) * 100 / (a1 - a0 + b1 - b0 + 1)))" >>"$WORK/results"
+    echo "  $name: $mbit Mbit/s, link A $((a1 - a0)) / link B $((b1 - b0)) bytes"
+}
+
+# The close line of the largest striper session logged after line $1
+# (iperf3's control connection is a session too): its DATA bytes per path,
+# re-sends included.
+paths_of_largest_session() {
+    tail -n +"$(($1 + 1))" "$WORK/client.log" | python3 -c '
+import re, sys
+unit = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+best = None
+for line in sys.stdin:
+    m = re.search(r"sent ([\d.]+) (\w+), .*(\[paths: [^]]*\])", line)
+    if m:
+        size = float(m.group(1)) * unit.get(m.group(2), 1)
+        if best is None or size > best[0]:
+            best = (size, m.group(3))
+if best:
+    print("    " + best[1])
+'
+}
+
+SUM=$((RATE_A + RATE_B))
+echo "links: A $RATE_A Mbit/s, B $RATE_B Mbit/s (HTB per link); $SECS s uploads, $RUNS rounds"
+: >"$WORK/results"
+for r in $(seq "$RUNS"); do
+    echo "round $r"
+    if has single; then
+        upload "one TCP flow, link A" iperf3 -c 10.99.1.2 -p 5201
+        upload "one TCP flow, link B" iperf3 -c 10.99.2.2 -p 5201
+    fi
+    has mptcp && upload "MPTCP (a subflow per link)" mptcpize run iperf3 -c 10.99.9.1 -p 5204
+    has agg && upload "agg-tunnel (a link per interface)" iperf3 -c 127.0.0.1 -p 5205
+    if has striper; then
+        seen=$(wc -l <"$WORK/client.log")
+        upload "striper ($STRIPES stripes per link)" iperf3 -c 127.0.0.1 -p 5202
+        sleep 0.5
+        paths_of_largest_session "$seen"
+    fi
+done
 echo
-grep -E "path .* (down|is back)" "$WORK/client.log" | sed 's/^/client: /' || true
+python3 - "$WORK/results" "$SUM" <<'EOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, mbit, share = line.rsplit(" ", 2)
+    rows.setdefault(name, []).append((float(mbit), int(share)))
+total = int(sys.argv[2])
+print("| run | Mbit/s per round | median | of %d | share of link A |" % total)
+print("|---|---|---:|---:|---:|")
+for name, runs in rows.items():
+    mbits = [m for m, _ in runs]
+    med = statistics.median(mbits)
+    share = statistics.median(s for _, s in runs)
+    print("| %s | %s | %.1f | %.2f | %d%% |" % (
+        name, " / ".join("%.1f" % m for m in mbits), med, med / total, share))
+EOF
+
+for case in $FAILOVER; do
+    case $case in
+        blackhole)
+            fail="ip link set bcB down"
+            back="ip link set bcB up && ip route replace 10.99.9.1/32 via 10.99.2.2 dev bcB metric 2 && ip route replace 10.99.9.1/32 via 10.99.2.2 dev bcB table 102" ;;
+        reset)
+            rule="INPUT -i bsB -p tcp -j REJECT --reject-with tcp-reset"
+            fail="ip netns exec bonds iptables -I $rule"
+            back="ip netns exec bonds iptables -D $rule" ;;
+        *) echo "bench-bond.sh: unknown failover case $case" >&2; exit 1 ;;
+    esac
+    echo
+    echo "failover ($case): link B fails at $FO_DOWN s, is back at $FO_UP s"
+    start bonds "$WORK/sink-$case.log" python3 "$HERE/bench_bond.py" sink 127.0.0.1 5301 "$WORK/sink-$case.json"
+    wait_listen bonds 5301
+    $C python3 "$HERE/bench_bond.py" send 127.0.0.1 5203 "$FO_SECS" "$WORK/send-$case.json" \
+        --at "$((FO_DOWN - 1))" "ss -tin dst 10.99.9.1:7900 >$WORK/ss-$case.txt" \
+        --at "$FO_DOWN" "$fail" --at "$FO_UP" "$back"
+    for _ in $(seq 100); do [ -s "$WORK/sink-$case.json" ] && break; sleep 0.1; done
+    python3 "$HERE/bench_bond.py" report "$WORK/sink-$case.json" "$WORK/send-$case.json"
+    # The stripes' smoothed round trips a second before the failure (under
+    # load: the HTB queues included), per link.
+    python3 - "$WORK/ss-$case.txt" <<'EOF'
+import re, sys
+rtt = {}
+src = None
+for line in open(sys.argv[1]):
+    m = re.search(r"(10\.99\.\d)\.1(%\w+)?:\d+\s", line)
+    if m:
+        src = m.group(1)
+    m = re.search(r"\brtt:([\d.]+)/", line)
+    if m and src:
+        rtt.setdefault(src, []).append(float(m.group(1)))
+for net, name in (("10.99.1", "A"), ("10.99.2", "B")):
+    if net in rtt:
+        print("link %s stripes' srtt before the failure: %s ms" % (
+            name, ", ".join("%.1f" % r for r in rtt[net])))
+EOF
+done
+echo
+grep -E ": path [^ ]+ (down:|is back)" "$WORK/client.log" | sed 's/^/client: /' || true

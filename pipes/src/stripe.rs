@@ -44,6 +44,9 @@ pub struct KernelSample {
     pub delivered: u64,
     /// Smoothed round trip, when it was read this time.
     pub rtt: Option<Duration>,
+    /// The smallest round trip the kernel has seen, when it was read and
+    /// the kernel says.
+    pub min_rtt: Option<Duration>,
 }
 
 pub struct Stripe {
@@ -301,16 +304,18 @@ impl Stripe {
                 queued: (0, 0),
                 delivered: written,
                 rtt: self.path_rtt.filter(|_| rtt_due),
+                min_rtt: None,
             });
         }
         let q = sys::outq(fd).ok()?;
         let unsent = sys::outq_unsent(fd).unwrap_or(q);
         let delivered = written.saturating_sub(q);
-        let mut rtt = None;
+        let (mut rtt, mut min_rtt) = (None, None);
         if rtt_due {
             self.last_rtt = Some(now);
             if let Ok(path) = sys::tcp_path(fd) {
                 rtt = Some(path.rtt);
+                min_rtt = Some(path.min_rtt).filter(|d| !d.is_zero());
                 self.path_rtt = rtt;
                 self.follow_path(fd, path, auto_limit);
             }
@@ -321,6 +326,7 @@ impl Stripe {
             queued: (q, unsent),
             delivered,
             rtt,
+            min_rtt,
         })
     }
 

@@ -416,6 +416,9 @@ impl StripedPipe {
             };
             self.session
                 .update_stripe(i, now, k.queued, k.delivered, k.rtt);
+            if let Some(min_rtt) = k.min_rtt {
+                self.session.set_stripe_min_rtt(i, min_rtt);
+            }
         }
     }
 

@@ -20,6 +20,7 @@
 //! reassembly cannot deadlock.
 
 mod choose;
+mod stall;
 mod types;
 
 use std::time::{Duration, Instant};
@@ -31,12 +32,8 @@ use super::receive::RecvStream;
 use super::scheduler::{RateEstimator, StripeView};
 use super::send_buffer::{Chunk, SendBuffer};
 
+pub use stall::STALL_RESEND_MAX;
 pub use types::{MAX_WINDOW, SessionConfig, SessionError, SessionStats, Transmit};
-
-/// The shortest ACK stall that counts as a stripe holding the line.
-const STALL_MIN: Duration = Duration::from_millis(200);
-/// The most bytes sent again around one stall.
-pub const STALL_RESEND_MAX: u64 = 1 << 20;
 
 /// What the scheduler knows of one stripe.
 struct Stripe {
@@ -48,8 +45,15 @@ struct Stripe {
     kernel_unsent: u64,
     /// Bytes handed to this stripe since that measurement.
     queued_since: u64,
+    /// Bytes the peer's kernel acknowledged on it, as last measured, and
+    /// when that last grew or the stripe had nothing to deliver.
+    delivered: u64,
+    progress_at: Option<Instant>,
     rate: RateEstimator,
+    /// Smoothed round trip as the kernel last reported it (`TCP_INFO`).
     rtt: Option<Duration>,
+    /// The smallest round trip the kernel has seen: the path without queues.
+    min_rtt: Option<Duration>,
     rst_sent: bool,
     /// On a backup path: carries data only while no primary stripe is up.
     backup: bool,
@@ -76,10 +80,12 @@ pub struct Session {
     data_in_at: Option<Instant>,
     /// When the peer's ACK last moved (or there was nothing to acknowledge).
     ack_progress_at: Option<Instant>,
-    /// A stall was bypassed up to here; no other until the ACK passes it.
+    /// Stalls were bypassed up to here; until the ACK passes it, only a
+    /// stuck stripe not bypassed yet gets another.
     stall_bypassed_until: u64,
-    /// The stripe a stall was bypassed around.
-    suspect: Option<usize>,
+    /// The stripes stalls were bypassed around since the ACK last passed
+    /// `stall_bypassed_until` (bit i: stripe i); re-sends avoid them.
+    suspects: u64,
     views: Vec<StripeView>,
     /// Backup stripes wait even with no primary stripe up (the client's
     /// primaries are still connecting at the start).
@@ -111,7 +117,7 @@ impl Session {
             data_in_at: None,
             ack_progress_at: None,
             stall_bypassed_until: 0,
-            suspect: None,
+            suspects: 0,
             views: Vec::new(),
             hold_backups: false,
             peer_on_backup: false,
@@ -284,9 +290,7 @@ impl Session {
         if i >= self.stripes.len() {
             return;
         }
-        if self.suspect == Some(i) {
-            self.suspect = None;
-        }
+        self.suspects &= !stall::bit(i);
         // Its socket is gone: nothing of a half-written frame will follow.
         self.send.frame_written(i);
         let s = &mut self.stripes[i];
@@ -328,10 +332,22 @@ impl Session {
             s.kernel_queued = kernel_queued;
             s.kernel_unsent = kernel_unsent.min(kernel_queued);
             s.queued_since = 0;
+            if delivered > s.delivered || kernel_queued == 0 || s.progress_at.is_none() {
+                s.progress_at = Some(now);
+            }
+            s.delivered = delivered;
             s.rate.on_sample(now, delivered, kernel_queued > 0);
             if rtt.is_some() {
                 s.rtt = rtt;
             }
+        }
+    }
+
+    /// The smallest round trip the kernel has seen on stripe `i`: what a
+    /// frame on it takes once its own queue has drained.
+    pub fn set_stripe_min_rtt(&mut self, i: usize, min_rtt: Duration) {
+        if let Some(s) = self.stripes.get_mut(i) {
+            s.min_rtt = Some(min_rtt);
         }
     }
 
@@ -366,7 +382,7 @@ impl Session {
             })
         };
         format!(
-            "{}, rate {}, queued {} KiB, rtt {}, ping {}",
+            "{}, rate {}, queued {} KiB, rtt {} (now {}), ping {}",
             if s.writable { "writable" } else { "full" },
             s.rate.rate().map_or("unmeasured".to_string(), |r| format!(
                 "{:.1} Mbit/s",
@@ -374,6 +390,7 @@ impl Session {
             )),
             (s.kernel_queued + s.queued_since) >> 10,
             ms(s.rtt),
+            ms(s.rtt_now()),
             ms(self.keepalive.rtt(i)),
         )
     }
@@ -441,7 +458,7 @@ impl Session {
         }
         let moved = self.send.on_ack(ack);
         if moved && ack >= self.stall_bypassed_until {
-            self.suspect = None;
+            self.suspects = 0;
         }
         Ok(moved)
     }
@@ -509,57 +526,6 @@ impl Session {
         }
     }
 
-    /// When the peer's acknowledgements stop while the oldest unacknowledged
-    /// bytes sit on one stripe (its cap just dropped, it went silent), the
-    /// receiver is waiting for that stripe and holds everything behind it.
-    /// Rather than wait for it to drain, or for the stripe timeout, send
-    /// what that stripe still carries again on the others, once; the
-    /// receiver keeps whichever copy comes first. Costs at most
-    /// [`STALL_RESEND_MAX`] bytes per stall (a stall is also what a peer
-    /// application that stopped reading looks like).
-    fn bypass_stall(&mut self, now: Instant) {
-        if self.send.backlog() == 0 || self.ack_progress_at.is_none() {
-            self.ack_progress_at = Some(now);
-            return;
-        }
-        if self.send.acked() < self.stall_bypassed_until || self.stripes_up() < 2 {
-            return;
-        }
-        let Some(i) = self.send.head_of_line().filter(|&i| self.is_stripe_up(i)) else {
-            return;
-        };
-        // Two signs that stripe `i` holds the line: no ACK for a while, or
-        // its queue will take far longer to drain than anyone else's (its
-        // rate just collapsed under a full queue).
-        let since = self.ack_progress_at.expect("set above");
-        let rtt = self
-            .stripes
-            .iter()
-            .filter(|s| s.up)
-            .filter_map(|s| s.rtt)
-            .min()
-            .unwrap_or(Duration::from_millis(10));
-        let ack_stalled = now.saturating_duration_since(since) >= STALL_MIN.max(rtt * 4);
-        let drain = |s: &Stripe| match s.rate.rate() {
-            Some(r) if r > 0.0 => (s.kernel_queued + s.queued_since) as f64 / r,
-            _ => 0.0,
-        };
-        let hol_drain = drain(&self.stripes[i]);
-        let others = self
-            .stripes
-            .iter()
-            .enumerate()
-            .filter(|&(k, s)| k != i && s.up)
-            .map(|(_, s)| drain(s))
-            .fold(0.0, f64::max);
-        let hol_slow = hol_drain >= STALL_MIN.as_secs_f64() && hol_drain >= 4.0 * others;
-        if !ack_stalled && !hol_slow {
-            return;
-        }
-        self.stall_bypassed_until = self.send.resend_from(i, STALL_RESEND_MAX);
-        self.suspect = Some(i);
-    }
-
     /// Stripe `i` has written all of the last frame it was given; its
     /// payload may be freed once acknowledged.
     pub fn frame_written(&mut self, i: usize) {
@@ -606,7 +572,7 @@ impl Session {
             return Some(self.control(i, FrameType::Ping, 0, v, Vec::new()));
         }
         if self.recv.ack_due() {
-            let i = self.choose(HEADER_LEN as u64, None)?;
+            let i = self.choose(HEADER_LEN as u64, 0)?;
             let (delivered, fin) = self.recv.take_ack();
             let flags = if fin { ACK_FIN } else { 0 };
             return Some(self.control(i, FrameType::Ack, flags, delivered, Vec::new()));
@@ -621,7 +587,7 @@ impl Session {
             && !self.fin_acked
             && self.send.all_handed_out()
         {
-            let i = self.choose(HEADER_LEN as u64, None)?;
+            let i = self.choose(HEADER_LEN as u64, 0)?;
             self.fin_sent_on = Some(i);
             return Some(self.control(i, FrameType::Fin, 0, fin, Vec::new()));
         }
@@ -632,7 +598,7 @@ impl Session {
         let max = self.cfg.frame_size.min(self.peer_max_payload) as u64;
         let chunk = self.send.peek(max)?;
         // Bytes sent around a stalled stripe must not go back onto it.
-        let avoid = if chunk.resend { self.suspect } else { None };
+        let avoid = if chunk.resend { self.suspects } else { 0 };
         let i = self.choose(HEADER_LEN as u64 + chunk.len, avoid)?;
         self.send.hand_out(i, chunk);
         if chunk.resend {
@@ -684,8 +650,11 @@ impl Stripe {
             kernel_queued: 0,
             kernel_unsent: 0,
             queued_since: 0,
+            delivered: 0,
+            progress_at: None,
             rate: RateEstimator::new(rate_interval),
             rtt: None,
+            min_rtt: None,
             rst_sent: false,
             backup: false,
         }

@@ -149,6 +149,58 @@ fn bytes_in_flight_do_not_make_a_stripe_look_slow() {
     assert!(s.poll_transmit().is_none(), "waits for the empty stripe");
 }
 
+/// A stripe left idle keeps the kernel's smoothed RTT of its last busy
+/// spell: on bench-bond.sh the slow link's stripes kept the 200 ms of a
+/// start-up queue for the whole run while their path answered PINGs in
+/// 0.1 ms, and never got another frame. With nothing in flight the path's
+/// own round trip applies, and the idle stripe takes the frame rather
+/// than the session waiting for a full fast one.
+#[test]
+fn a_stale_round_trip_does_not_lock_an_idle_stripe_out() {
+    let mut s = Session::new(SessionConfig::default(), 2);
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    s.stripe_up(0, t0);
+    s.stripe_up(1, t0);
+    // Measured while busy: stripe 0 drains 1.9 MB/s, stripe 1 650 kB/s.
+    for (k, t) in [0, 100, 200].into_iter().enumerate() {
+        let k = k as u64;
+        s.update_stripe(0, ms(t), (150_000, 64_000), k * 190_000, None);
+        s.update_stripe(1, ms(t), (100_000, 30_000), k * 65_000, None);
+    }
+    assert_eq!(s.stripe_rate(1), Some(650_000.0));
+    // Now stripe 0 is full (64 KB unsent, 22 ms), stripe 1 has had
+    // nothing for a while and the kernel still says 200 ms.
+    let stale = Some(Duration::from_millis(200));
+    s.update_stripe(
+        0,
+        ms(300),
+        (150_000, 64_000),
+        3 * 190_000,
+        Some(Duration::from_millis(22)),
+    );
+    s.update_stripe(1, ms(300), (0, 0), 3 * 65_000, stale);
+    s.set_stripe_min_rtt(1, Duration::from_micros(50));
+    s.set_stripe_writable(0, false);
+    assert_eq!(s.write(&[7u8; 16_000]), 16_000);
+    let t = s.poll_transmit().expect("the idle stripe takes the frame");
+    assert_eq!(t.stripe, 1);
+    // Once it carries a window, its round trip is that window's drain
+    // time (Little's law), never more than the kernel's figure.
+    s.update_stripe(1, ms(310), (65_000, 0), 3 * 65_000, stale);
+    assert!(
+        s.describe_stripe(1).contains("rtt 200.0 ms (now 100.0 ms)"),
+        "{}",
+        s.describe_stripe(1)
+    );
+    s.update_stripe(1, ms(320), (650_000, 0), 3 * 65_000, stale);
+    assert!(
+        s.describe_stripe(1).contains("(now 200.0 ms)"),
+        "{}",
+        s.describe_stripe(1)
+    );
+}
+
 #[test]
 fn data_of_a_lost_stripe_is_sent_again_elsewhere() {
     let mut s = Session::new(SessionConfig::default(), 2);
@@ -254,6 +306,79 @@ fn a_stalled_stripe_is_bypassed_once() {
     // Once only, until the ACK passes what was sent around.
     s.handle_timeout(t0 + Duration::from_millis(900));
     assert!(s.poll_transmit().is_none());
+}
+
+/// The two stripes of a dead path carried interleaved ranges. Once the
+/// first is bypassed, the ACK stops at the second one's hole; it delivers
+/// nothing of what it holds, so it is bypassed too, well before the stripe
+/// timeout (bench-bond.sh's black hole: 4.5 s without a byte delivered). A
+/// stripe that still drains is not: it is only behind.
+#[test]
+fn the_stuck_stripes_of_a_dead_path_are_bypassed_in_turn() {
+    for second_drains in [false, true] {
+        let mut s = Session::new(SessionConfig::default(), 3);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        for i in 0..3 {
+            s.stripe_up(i, t0);
+        }
+        // Four frames, alternately on stripes 1 and 2 (the dead path).
+        let mut on = [Vec::new(), Vec::new(), Vec::new()];
+        for k in 0..4 {
+            let i = 1 + k % 2;
+            for j in 0..3 {
+                // Each frame leaves at once: nothing queued anywhere.
+                s.update_stripe(j, t0, (0, 0), 0, None);
+                s.set_stripe_writable(j, j == i);
+            }
+            assert_eq!(s.write(&[k as u8; 16 << 10]), 16 << 10);
+            let t = s
+                .poll_transmit()
+                .unwrap_or_else(|| panic!("frame {k}: {}", s.describe_stripe(i)));
+            assert_eq!(t.stripe, i);
+            s.frame_written(i);
+            on[i].push(t.data.expect("data").0);
+        }
+        let feed = |s: &mut Session, t, second_delivered| {
+            s.update_stripe(0, t, (0, 0), 0, None);
+            s.update_stripe(1, t, (64 << 10, 64 << 10), 0, None);
+            s.update_stripe(2, t, (64 << 10, 64 << 10), second_delivered, None);
+            s.set_stripe_writable(0, true);
+            s.set_stripe_writable(1, false);
+            s.set_stripe_writable(2, false);
+        };
+        let resent = |s: &mut Session| {
+            let mut offsets = Vec::new();
+            while let Some(t) = s.poll_transmit() {
+                assert_eq!(t.stripe, 0, "re-sent on the live stripe");
+                s.frame_written(0);
+                offsets.push(t.data.expect("data").0);
+            }
+            offsets
+        };
+        feed(&mut s, t0, 0);
+        s.handle_timeout(t0);
+        s.handle_timeout(ms(300));
+        assert_eq!(resent(&mut s), on[1], "stripe 1 bypassed first");
+        // Its copies arrive: the ACK moves up to stripe 2's first range.
+        let ack = encode_vec(FrameType::Ack, 0, on[2][0], b"");
+        let (f, _) = decode(&ack, 1 << 20).unwrap().unwrap();
+        s.handle_frame(0, f, ms(350)).unwrap();
+        let delivered = if second_drains { 48 << 10 } else { 0 };
+        feed(&mut s, ms(400), delivered);
+        s.handle_timeout(ms(500));
+        assert!(resent(&mut s).is_empty(), "not before a stall of its own");
+        feed(&mut s, ms(600), 2 * delivered);
+        s.handle_timeout(ms(700));
+        if second_drains {
+            assert!(
+                resent(&mut s).is_empty(),
+                "a draining stripe is only behind"
+            );
+        } else {
+            assert_eq!(resent(&mut s), on[2], "stripe 2 bypassed in turn");
+        }
+    }
 }
 
 #[test]
