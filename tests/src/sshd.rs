@@ -7,9 +7,11 @@
 //! and openssh-client). Without them they fail and say so: CI installs
 //! them, and a skipped ssh test would hide a broken tunnel.
 
+use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::harness::{self, Proc, run_ok};
 
@@ -151,6 +153,35 @@ impl Sshd {
     /// and destination that pick the way in (`-p PORT user@host`, or a
     /// ProxyCommand), and any other options. Standard input, output and
     /// the environment are the caller's to set.
+    /// An ssh session copying `src` to `remote` on this host through a
+    /// tunnel listening on `port` (`cat > REMOTE && sha256sum REMOTE`),
+    /// started; its output, the remote file's SHA-256, goes to `out`.
+    /// ssh's own keepalives are off: only the tunnel keeps it alive.
+    pub fn start_copy(
+        &self,
+        tools: &Tools,
+        port: u16,
+        src: &Path,
+        remote: &Path,
+        out: &Path,
+    ) -> Proc {
+        let route = [
+            "-o".to_string(),
+            "ServerAliveInterval=0".to_string(),
+            "-p".to_string(),
+            port.to_string(),
+            format!("{}@127.0.0.1", user()),
+        ];
+        let mut cmd = self.ssh_command(
+            tools,
+            &route,
+            &format!("cat > '{r}' && sha256sum '{r}'", r = remote.display()),
+        );
+        cmd.stdin(File::open(src).expect("open the source file"))
+            .stdout(File::create(out).expect("create the ssh output file"));
+        Proc::spawn("ssh", cmd)
+    }
+
     pub fn ssh_command(&self, tools: &Tools, route: &[String], remote_cmd: &str) -> Command {
         let mut cmd = Command::new(&tools.ssh);
         cmd.args(["-F", "/dev/null", "-i"])
@@ -173,4 +204,28 @@ impl Sshd {
             .arg(remote_cmd);
         cmd
     }
+}
+
+/// Waits up to `timeout` for a copy from [`Sshd::start_copy`] to succeed
+/// (failing the test otherwise) and returns the remote file's SHA-256.
+pub fn finish_copy(ssh: &mut Proc, out: &Path, timeout: Duration) -> String {
+    match ssh.wait_exit(timeout) {
+        Some(st) if st.success() => {}
+        Some(st) => ssh.fail(&format!("the copy failed: {st}")),
+        None => ssh.fail(&format!("the copy did not finish within {timeout:?}")),
+    }
+    let said = std::fs::read_to_string(out).expect("read the ssh output");
+    said.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The SHA-256 of a local file, by `sha256sum`.
+pub fn sha256(path: &Path) -> String {
+    run_ok(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
 }

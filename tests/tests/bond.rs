@@ -17,7 +17,6 @@
 //! (127.0.0.2, 127.0.0.3: the whole of 127/8 is on `lo`), and an ssh
 //! session copies a file across the switch to a backup path.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
@@ -28,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
     self, ConnReport, Digest, Digester, KeyFile, Pattern, Pending, Proc, Target, TempDir,
-    receive_counting, run_ok,
+    receive_counting,
 };
 use striper_tests::linkemu::{LinkConfig, LinkEmu, Shape};
-use striper_tests::sshd::{Sshd, Tools, user};
+use striper_tests::sshd::{self, Sshd, Tools};
 
 const MIB: u64 = 1 << 20;
 const PER_PATH: u8 = 2;
@@ -463,26 +462,11 @@ fn an_ssh_session_survives_the_switch_to_the_backup() {
     );
     let src = dir.path().join("src.bin");
     std::fs::write(&src, Pattern::new(1300).bytes(FILE_LEN)).expect("write the source file");
-    let want = run_ok(Command::new("sha256sum").arg(&src));
-    let want = want.split_whitespace().next().expect("sha256sum output");
+    let want = sshd::sha256(&src);
     let remote = dir.path().join("copied.bin");
     let out = dir.path().join("ssh.out");
-    let route = [
-        "-o".to_string(),
-        "ServerAliveInterval=0".to_string(),
-        "-p".to_string(),
-        client.addr().port().to_string(),
-        format!("{}@127.0.0.1", user()),
-    ];
-    let mut cmd = sshd.ssh_command(
-        &tools,
-        &route,
-        &format!("cat > '{r}' && sha256sum '{r}'", r = remote.display()),
-    );
-    cmd.stdin(File::open(&src).unwrap())
-        .stdout(File::create(&out).unwrap());
     let started = Instant::now();
-    let mut ssh = Proc::spawn("ssh", cmd);
+    let mut ssh = sshd.start_copy(&tools, client.addr().port(), &src, &remote, &out);
     let bytes_up = |k: usize| -> u64 { emus[k].connections().iter().map(|c| c.bytes_up).sum() };
     if !harness::poll_until(START_TIMEOUT, Duration::from_millis(20), || {
         bytes_up(0) >= 3 * MIB
@@ -498,17 +482,12 @@ fn an_ssh_session_survives_the_switch_to_the_backup() {
     emus[0].set_outage(true).expect("black-hole the primary");
     let path_a = emus[0].local_addr().to_string();
     client.wait_log(&format!("path {path_a} down"), LOG_TIMEOUT);
-    match ssh.wait_exit(SSH_TIMEOUT.saturating_sub(started.elapsed())) {
-        Some(st) if st.success() => {}
-        Some(st) => ssh.fail(&format!("the copy failed: {st}")),
-        None => ssh.fail(&format!("the copy did not finish within {SSH_TIMEOUT:?}")),
-    }
-    let said = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(
-        said.split_whitespace().next(),
-        Some(want),
-        "the remote file's SHA-256"
+    let remote_sha = sshd::finish_copy(
+        &mut ssh,
+        &out,
+        SSH_TIMEOUT.saturating_sub(started.elapsed()),
     );
+    assert_eq!(remote_sha, want, "the remote file's SHA-256");
     let took_over = bytes_up(1) - standby;
     eprintln!(
         "ssh copy of {} MiB in {:.1} s; the backup carried {} KiB after the switch",

@@ -30,11 +30,8 @@
 //! the client re-dialed them (`re-joined`), that outages were noticed and
 //! survived, and the counts on both ends' close lines.
 
-use std::fs::File;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -42,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use striper_tests::harness::{
     self, ConnReport, Digest, KeyFile, Pattern, Pending, Proc, Received, Target, TempDir, Tunnel,
-    assert_echo_session, digest, echo, receive_counting, run_ok, send, spawn_small,
+    assert_echo_session, digest, echo, receive_counting, send, spawn_small,
 };
 use striper_tests::linkemu::{ConnInfo, ConnState, LinkConfig, LinkEmu, Shape};
-use striper_tests::sshd::{Sshd, Tools, user};
+use striper_tests::sshd::{self, Sshd, Tools};
 
 const MIB: u64 = 1 << 20;
 /// Bytes each way of every transfer test.
@@ -737,14 +734,6 @@ fn outage_past_resume_timeout_closes_both_ends() {
 // ---------------------------------------------------------------------------
 // OpenSSH
 
-fn sha256(path: &Path) -> String {
-    run_ok(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
-}
-
 /// (7) One ssh session copies a 24 MiB file (`ssh host 'cat > f; sha256sum
 /// f'`) through 4 stripes capped at 4 Mbit/s each, so the copy takes long
 /// enough to span: a 10 s outage of every stripe (default timeouts), then
@@ -769,26 +758,11 @@ fn ssh_session_survives_outage_and_resets() {
 
     let src = dir.path().join("src.bin");
     std::fs::write(&src, Pattern::new(1060).bytes(FILE_LEN)).expect("write the source file");
-    let (want_sha, want_crc) = (sha256(&src), digest(&std::fs::read(&src).unwrap()));
+    let (want_sha, want_crc) = (sshd::sha256(&src), digest(&std::fs::read(&src).unwrap()));
     let remote = dir.path().join("copied.bin");
     let out = dir.path().join("ssh.out");
-    // ssh's keepalives off too.
-    let route = [
-        "-o".to_string(),
-        "ServerAliveInterval=0".to_string(),
-        "-p".to_string(),
-        rig.tunnel.addr().port().to_string(),
-        format!("{}@127.0.0.1", user()),
-    ];
-    let mut cmd = sshd.ssh_command(
-        &tools,
-        &route,
-        &format!("cat > '{r}' && sha256sum '{r}'", r = remote.display()),
-    );
-    cmd.stdin(File::open(&src).unwrap())
-        .stdout(File::create(&out).unwrap());
     let started = Instant::now();
-    let mut ssh = Proc::spawn("ssh", cmd);
+    let mut ssh = sshd.start_copy(&tools, rig.tunnel.addr().port(), &src, &remote, &out);
 
     rig.wait_mid_transfer(4 * MIB, 0);
     let running = |ssh: &mut Proc, emu: &LinkEmu, when: &str| {
@@ -850,17 +824,15 @@ fn ssh_session_survives_outage_and_resets() {
         .client
         .wait_log_count(" re-joined (", rejoined + STRIPES, LOG_TIMEOUT);
 
-    match ssh.wait_exit(SSH_TIMEOUT.saturating_sub(started.elapsed())) {
-        Some(st) if st.success() => {}
-        Some(st) => ssh.fail(&format!("the copy failed: {st}")),
-        None => ssh.fail(&format!("the copy did not finish within {SSH_TIMEOUT:?}")),
-    }
+    let remote_sha = sshd::finish_copy(
+        &mut ssh,
+        &out,
+        SSH_TIMEOUT.saturating_sub(started.elapsed()),
+    );
     let took = started.elapsed();
-    let said = std::fs::read_to_string(&out).unwrap();
-    let remote_sha = said.split_whitespace().next().unwrap_or_default();
     assert_eq!(
         remote_sha, want_sha,
-        "SHA-256 of the copy, computed in the ssh session: {said:?}"
+        "SHA-256 of the copy, computed in the ssh session"
     );
     let got = digest(&std::fs::read(&remote).expect("read the copied file"));
     assert_eq!(got, want_crc, "the copied file's length and CRC");
