@@ -4,15 +4,22 @@
 # aggligator's agg-tunnel (one link per interface), in the same run; then
 # failover runs (a black hole and a reset) through striper.
 #
-#   sudo scripts/bench-bond.sh          # RATE_A=30 RATE_B=10 SECS=25 RUNS=3
+#   sudo scripts/bench-bond.sh   # A: 30 Mbit/s, 20 ms RTT; B: 10 Mbit/s, 80 ms
 #
 # Two network namespaces joined by two veth pairs, each pair one link whose
 # whole rate is capped by HTB on both ends (one class for the link, not per
-# flow):
+# flow, a drop-tail queue of LINK_QMS ms at the link's rate) and whose
+# packets are held DELAY_x ms on arrival at either end (the NFQUEUE delay
+# line scripts/wan/delayq.c, one per link and direction; the kernel here has
+# no netem):
 #
 #   netns bondc                         netns bonds (10.99.9.1 on lo)
-#     bcA 10.99.1.1  ==== link A ====  bsA 10.99.1.2   RATE_A Mbit/s
-#     bcB 10.99.2.1  ==== link B ====  bsB 10.99.2.2   RATE_B Mbit/s
+#     bcA 10.99.1.1  ==== link A ====  bsA 10.99.1.2   RATE_A Mbit/s, DELAY_A ms
+#     bcB 10.99.2.1  ==== link B ====  bsB 10.99.2.2   RATE_B Mbit/s, DELAY_B ms
+#
+# The delay is applied on arrival (mangle INPUT), after the sender's HTB
+# queue, so a TCP sender's own queue limits (TSQ) never see held packets,
+# and before the filter table, so a REJECT answers only after the delay.
 #
 # The client reaches the server's 10.99.9.1 over either link. striper's
 # paths are `--via bcA --via bcB` (SO_BINDTODEVICE); MPTCP's subflows leave
@@ -33,10 +40,10 @@
 # Printed: the receiver's Mbit/s per second and the gap (the longest time
 # with no byte delivered) after each event.
 #
-# No added delay: the kernel here has no netem (the end-to-end tests in
-# tests/tests/bond.rs add delay with the link emulator).
-#
-# Env: RATE_A=30 RATE_B=10 (Mbit/s) SECS=25 RUNS=3 STRIPES=2
+# Env: RATE_A=30 RATE_B=10 (Mbit/s) DELAY_A=10 DELAY_B=40 (ms one way)
+#      LINK_QMS=200 (each link's queue, ms at its rate) CC (congestion
+#      control in both namespaces; default: the system's) SECS=25 RUNS=3
+#      STRIPES=2
 #      SYSTEMS="single mptcp agg striper" (single: one TCP flow on A, then B)
 #      FAILOVER="blackhole reset" FO_SECS=20 FO_DOWN=6 FO_UP=14
 #      STRIPER_ARGS="" BIN=target/release AGG=agg-tunnel (skipped if absent;
@@ -46,7 +53,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
-: "${RATE_A:=30}" "${RATE_B:=10}" "${SECS:=25}" "${RUNS:=3}" "${STRIPES:=2}"
+: "${RATE_A:=30}" "${RATE_B:=10}" "${DELAY_A:=10}" "${DELAY_B:=40}" "${LINK_QMS:=200}"
+: "${SECS:=25}" "${RUNS:=3}" "${STRIPES:=2}"
 : "${SYSTEMS=single mptcp agg striper}" "${FAILOVER=blackhole reset}"
 : "${FO_SECS:=20}" "${FO_DOWN:=6}" "${FO_UP:=14}" "${STRIPER_ARGS:=}"
 : "${BIN:=$ROOT/target/release}" "${AGG:=agg-tunnel}"
@@ -55,9 +63,11 @@ if [ "$(id -u)" != 0 ]; then
     echo "bench-bond.sh: needs root (network namespaces, tc); skipping the benchmark."
     exit 0
 fi
-for t in ip tc iperf3 python3; do
+for t in ip tc iperf3 python3 gcc; do
     command -v "$t" >/dev/null || { echo "bench-bond.sh: $t is missing" >&2; exit 1; }
 done
+if command -v iptables-legacy >/dev/null; then IPT=iptables-legacy; else IPT=iptables; fi
+command -v $IPT >/dev/null || { echo "bench-bond.sh: iptables is missing" >&2; exit 1; }
 has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 note() { echo "bench-bond.sh: $*" >&2; }
 if has mptcp && ! command -v mptcpize >/dev/null; then
@@ -68,10 +78,6 @@ if has agg && ! AGG_PATH=$(command -v "$AGG"); then
     note "agg-tunnel skipped: '$AGG' is not on the PATH"
     SYSTEMS=${SYSTEMS/agg/}
 fi
-if [[ " $FAILOVER " == *" reset "* ]] && ! command -v iptables >/dev/null; then
-    note "reset failover skipped: iptables is missing"
-    FAILOVER=${FAILOVER/reset/}
-fi
 if [ ! -x "$BIN/stripe-client" ] || [ ! -x "$BIN/stripe-server" ]; then
     (cd "$ROOT" && cargo build --release -p striper-client -p striper-server)
 fi
@@ -81,6 +87,8 @@ if ip netns list | grep -qE '^bond[cs]( |$)'; then
 fi
 
 WORK=$(mktemp -d)
+gcc -O2 -Wall -o "$WORK/delayq" "$HERE/wan/delayq.c" -lnetfilter_queue -lnfnetlink -lm ||
+    { echo "bench-bond.sh: cannot build delayq (apt-get install libnetfilter-queue-dev)" >&2; exit 1; }
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -97,8 +105,14 @@ ip netns add bonds
 $C ip link set lo up
 $S ip link set lo up
 $S ip addr add 10.99.9.1/32 dev lo
-for l in A:1:"$RATE_A" B:2:"$RATE_B"; do
-    IFS=: read -r name net rate <<<"$l"
+if [ -n "${CC:-}" ]; then
+    $C sysctl -qw net.ipv4.tcp_congestion_control="$CC"
+    $S sysctl -qw net.ipv4.tcp_congestion_control="$CC"
+fi
+CC_NOW=$($C sysctl -n net.ipv4.tcp_congestion_control)
+queue=0
+for l in A:1:"$RATE_A":"$DELAY_A" B:2:"$RATE_B":"$DELAY_B"; do
+    IFS=: read -r name net rate delay <<<"$l"
     ip link add "bc$name" netns bondc type veth peer name "bs$name" netns bonds
     $C ip addr add "10.99.$net.1/24" dev "bc$name"
     $S ip addr add "10.99.$net.2/24" dev "bs$name"
@@ -115,6 +129,17 @@ for l in A:1:"$RATE_A" B:2:"$RATE_B"; do
         ip netns exec "$ns" tc qdisc add dev "$dev" root handle 1: htb default 10
         ip netns exec "$ns" tc class add dev "$dev" parent 1: classid 1:10 htb \
             rate "${rate}mbit" ceil "${rate}mbit"
+        ip netns exec "$ns" tc qdisc add dev "$dev" parent 1:10 handle 10: pfifo \
+            limit $((rate * 1000 * LINK_QMS / 8 / 1514 + 10))
+        # Held on arrival at this end: one delay line per link and direction.
+        queue=$((queue + 1))
+        ip netns exec "$ns" $IPT -t mangle -A INPUT -i "$dev" -j NFQUEUE --queue-num $queue
+        ip netns exec "$ns" "$WORK/delayq" -q $queue -d "$delay" -t 3600 \
+            >"$WORK/delayq-$dev.log" 2>&1 </dev/null &
+        PIDS+=($!)
+        for _ in $(seq 100); do grep -q 'delayq: ready' "$WORK/delayq-$dev.log" && break; sleep 0.05; done
+        grep -q 'delayq: ready' "$WORK/delayq-$dev.log" ||
+            { cat "$WORK/delayq-$dev.log" >&2; echo "bench-bond.sh: delayq did not start" >&2; exit 1; }
     done
 done
 if has mptcp; then
@@ -211,7 +236,7 @@ if best:
 }
 
 SUM=$((RATE_A + RATE_B))
-echo "links: A $RATE_A Mbit/s, B $RATE_B Mbit/s (HTB per link); $SECS s uploads, $RUNS rounds"
+echo "links: A $RATE_A Mbit/s, RTT $((2 * DELAY_A)) ms; B $RATE_B Mbit/s, RTT $((2 * DELAY_B)) ms (HTB per link, queues of $LINK_QMS ms); congestion control $CC_NOW; $SECS s uploads, $RUNS rounds"
 : >"$WORK/results"
 for r in $(seq "$RUNS"); do
     echo "round $r"
@@ -253,8 +278,8 @@ for case in $FAILOVER; do
             back="ip link set bcB up && ip route replace 10.99.9.1/32 via 10.99.2.2 dev bcB metric 2 && ip route replace 10.99.9.1/32 via 10.99.2.2 dev bcB table 102" ;;
         reset)
             rule="INPUT -i bsB -p tcp -j REJECT --reject-with tcp-reset"
-            fail="ip netns exec bonds iptables -I $rule"
-            back="ip netns exec bonds iptables -D $rule" ;;
+            fail="ip netns exec bonds $IPT -I $rule"
+            back="ip netns exec bonds $IPT -D $rule" ;;
         *) echo "bench-bond.sh: unknown failover case $case" >&2; exit 1 ;;
     esac
     echo

@@ -102,6 +102,18 @@ impl SendBuffer {
         self.unsent() + self.resend.total()
     }
 
+    /// Whether the application is held back by the unsent limit: more is
+    /// waiting than [`SendBuffer::waiting`] shows.
+    pub fn at_unsent_limit(&self) -> bool {
+        self.unsent() >= self.unsent_limit
+    }
+
+    /// Bytes the stripes may still hand out before the peer's window stops
+    /// them: the most the receiver can hold behind a frame still on its way.
+    pub fn window_room(&self) -> u64 {
+        (self.acked + self.peer_window).saturating_sub(self.next_new)
+    }
+
     /// Nothing new and nothing to send again: every byte taken went out.
     pub fn all_handed_out(&self) -> bool {
         self.next_new == self.end() && self.resend.is_empty()

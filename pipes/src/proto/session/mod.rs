@@ -336,7 +336,11 @@ impl Session {
                 s.progress_at = Some(now);
             }
             s.delivered = delivered;
-            s.rate.on_sample(now, delivered, kernel_queued > 0);
+            // Busy means the kernel held bytes it could not send yet; bytes
+            // merely in flight are not a backlog: on a long path a stripe
+            // given one frame a round trip has them all the time, and its
+            // app-limited samples dragged its rate down to nothing.
+            s.rate.on_sample(now, delivered, kernel_unsent > 0);
             if rtt.is_some() {
                 s.rtt = rtt;
             }
