@@ -177,7 +177,8 @@ def send(addr, port, secs, out, events, links=()):
 
 
 def event_names(tx):
-    """(cmd or label, at) per event; labels kept apart so old readers work."""
+    """(name for report, instant, label or None) per event. The labels are a
+    list of their own in the send file so that older readers still work."""
     labels = tx.get("labels") or [None] * len(tx["events"])
     return [("%s [%s]" % (cmd, lab) if lab else cmd, at, lab)
             for (cmd, at), lab in zip(tx["events"], labels)]
@@ -235,7 +236,8 @@ def plot(sink_file, send_file, out, title=None):
     for i, dev in enumerate(tx.get("links", [])):
         pts = []
         for a, b in zip(samples, samples[1:]):
-            if a[i + 1] is not None and b[i + 1] is not None and b[0] > a[0]:
+            # A device deleted, or re-created with its counter at 0: a hole.
+            if None not in (a[i + 1], b[i + 1]) and b[i + 1] >= a[i + 1] and b[0] > a[0]:
                 pts.append(((a[0] + b[0]) / 2 - t0,
                             (b[i + 1] - a[i + 1]) * 8 / (b[0] - a[0]) / 1e6))
         series.append(("%s sent (headers included)" % dev,
