@@ -45,7 +45,9 @@ import time
 import xml.etree.ElementTree as ET
 import zlib
 
-import bench_plot
+# No scripts/__pycache__ (the benchmark runs as root in a source tree).
+sys.dont_write_bytecode = True
+import bench_plot  # noqa: E402
 
 BLOCK = random.Random(12).randbytes(1 << 20)
 PERIOD = 0.1  # link samples and plot bins, seconds
