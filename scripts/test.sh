@@ -25,6 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# The failover benchmark's report and plot, on synthetic data (no root, < 1 s).
+if command -v python3 >/dev/null; then
+    python3 scripts/bench_bond.py selftest
+else
+    echo "test.sh: python3 missing; skipping scripts/bench_bond.py selftest" >&2
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace --no-fail-fast "$@"
 else
