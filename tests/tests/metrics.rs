@@ -298,21 +298,25 @@ struct PathView {
     downs: f64,
 }
 
+/// Every series of `path`; fails if one is missing.
 #[track_caller]
 fn path_view(m: &Scrape, path: &str) -> PathView {
-    let bytes = |d: &str| {
-        m.value(&format!(
-            "striper_path_bytes_total{{path=\"{path}\",direction=\"{d}\"}}"
-        )) as u64
-    };
     let one = |name: &str| m.value(&format!("{name}{{path=\"{path}\"}}"));
     PathView {
-        to_peer: bytes("to_peer"),
-        from_peer: bytes("from_peer"),
+        to_peer: path_bytes(m, path, "to_peer"),
+        from_peer: path_bytes(m, path, "from_peer"),
         stripes_up: one("striper_path_stripes_up"),
         backup: one("striper_path_backup"),
         downs: one("striper_path_down_total"),
     }
+}
+
+/// `striper_path_bytes_total` of `path` in `direction`.
+#[track_caller]
+fn path_bytes(m: &Scrape, path: &str, direction: &str) -> u64 {
+    m.value(&format!(
+        "striper_path_bytes_total{{path=\"{path}\",direction=\"{direction}\"}}"
+    )) as u64
 }
 
 /// Two paths from two loopback source addresses, the second a backup, 2
@@ -445,5 +449,78 @@ fn a_path_that_dies_counts_in_its_down_total_and_the_backup_takes_its_bytes() {
         p.to_peer + b.to_peer >= LEN && p.from_peer + b.from_peer >= LEN,
         "the paths carried {p:?} and {b:?} of {LEN} each way"
     );
+    client.assert_healthy();
+}
+
+/// A reload that replaces a path: the removed one keeps its counters (and
+/// its gauges while a live session still uses it), the new one starts at
+/// 0 and carries the next session's bytes.
+#[test]
+fn a_reload_that_removes_a_path_keeps_its_counters() {
+    const LEN: u64 = 2 << 20;
+    let target = Target::start(echo);
+    let key = KeyFile::generate();
+    let server = start_server(&key, target.addr(), &[], "info");
+    let dir = TempDir::new("metrics-paths-reload");
+    let cfg = dir.path().join("client.toml");
+    let toml = |vias: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nserver = \"{}\"\nstripes = 2\nkey-file = \"{}\"\n\
+             metrics = \"127.0.0.1:0\"\nvia = [{vias}]\n",
+            server.addr(),
+            key.path().display()
+        )
+    };
+    std::fs::write(&cfg, toml(r#""127.0.0.2", "127.0.0.3""#)).unwrap();
+    let args = ["--config".to_string(), cfg.display().to_string()];
+    let mut client = Proc::spawn_listening("stripe-client", "stripe-client", &args, "info");
+    let c = metrics_addr(&mut client);
+    let [a, b, new] =
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(|v| format!("{v}->{}", server.addr()));
+
+    let held = HeldSession::start(connect(client.addr()), Pattern::new(5), LEN, LEN / 2, None);
+    assert!(held.wait_echoed(LEN / 2, WAIT), "echoed {}", held.echoed());
+    let before = Scrape::get(c);
+    let b_before = path_view(&before, &b);
+
+    // b is replaced by a backup, c; the file is written aside and renamed,
+    // so the reload never reads half of it.
+    let tmp = dir.path().join("client.toml.tmp");
+    std::fs::write(&tmp, toml(r#""127.0.0.2", "127.0.0.4:backup""#)).unwrap();
+    std::fs::rename(&tmp, &cfg).unwrap();
+    client.signal(libc::SIGHUP);
+    client.wait_log("reloaded ", WAIT);
+    let m = Scrape::get(c);
+    m.assert_promtool_accepts();
+    let (vb, vnew) = (path_view(&m, &b), path_view(&m, &new));
+    assert!(vb.to_peer >= b_before.to_peer, "{vb:?} after {b_before:?}");
+    assert_eq!(vb.backup, 0.0, "the live session's path b is a primary");
+    assert!(vb.stripes_up > 0.0, "the live session still has b: {vb:?}");
+    assert_eq!((vnew.to_peer, vnew.stripes_up, vnew.backup), (0, 0.0, 1.0));
+
+    held.finish("a session across the reload", WAIT);
+    client.wait_log("closed after", WAIT);
+    let after = Scrape::get(c);
+    let b_after = path_bytes(&after, &b, "to_peer");
+    assert!(
+        b_after >= vb.to_peer && b_after > 0,
+        "{b_after} after {vb:?}"
+    );
+    assert!(
+        after
+            .get_value(&format!("striper_path_stripes_up{{path=\"{b}\"}}"))
+            .is_none(),
+        "a removed path with no session has no gauge:\n{}",
+        after.text
+    );
+    // The next session takes a and the new backup, which stands by.
+    let a_before = path_view(&after, &a).to_peer;
+    assert_echo_session(client.addr(), 6, LEN);
+    client.wait_log_count("closed after", 2, WAIT);
+    let m = Scrape::get(c);
+    m.assert_promtool_accepts();
+    assert!(path_view(&m, &a).to_peer >= a_before + LEN, "{}", m.text);
+    assert_eq!(path_bytes(&m, &b, "to_peer"), b_after, "{}", m.text);
+    assert!(path_view(&m, &new).to_peer < 64 << 10, "{}", m.text);
     client.assert_healthy();
 }
