@@ -524,3 +524,13 @@ fn a_reload_that_removes_a_path_keeps_its_counters() {
     assert!(path_view(&m, &new).to_peer < 64 << 10, "{}", m.text);
     client.assert_healthy();
 }
+
+/// The rules docs/METRICS.md suggests (each path's share of the bytes, a
+/// backup carrying while a primary is up) pass their own tests: the alert
+/// fires on a backup carrying beside a live primary, and not after a
+/// failover and the primary's return.
+#[test]
+fn the_suggested_prometheus_rules_pass_their_tests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/prometheus");
+    harness::assert_promtool_rules_pass(&dir.join("striper-rules.test.yml"));
+}
