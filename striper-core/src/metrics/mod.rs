@@ -13,7 +13,7 @@
 //!
 //! Labels are bounded: a close reason or a refusal kind from a fixed list,
 //! a stripe index below the stripe limit, a path's name from the client's
-//! configuration ([`paths`]); never a session or a peer's address.
+//! configuration (`paths.rs`); never a session or a peer's address.
 
 pub mod http;
 mod paths;
