@@ -148,14 +148,20 @@ pub struct PathSpec {
 }
 
 impl PathSpec {
-    /// The path as logs and the close line name it: "127.0.0.2->host:7900",
-    /// "eth1->host:7900", or "host:7900" on the default route, with
-    /// " (backup)" after a backup path.
-    pub fn label(&self) -> String {
-        let mut s = match &self.via {
+    /// The path's name: "127.0.0.2->host:7900", "eth1->host:7900", or
+    /// "host:7900" on the default route. The metrics' `path` label; it
+    /// stays the same if a reload makes the path a backup or a primary.
+    pub fn name(&self) -> String {
+        match &self.via {
             Via::Default => self.server_name.clone(),
             via => format!("{via}->{}", self.server_name),
-        };
+        }
+    }
+
+    /// The path as logs and the close line name it: its name, with
+    /// " (backup)" after a backup path.
+    pub fn label(&self) -> String {
+        let mut s = self.name();
         if self.backup {
             s.push_str(" (backup)");
         }
@@ -296,5 +302,6 @@ mod tests {
         p.via = Via::Default;
         p.backup = true;
         assert_eq!(p.label(), "h:7900 (backup)");
+        assert_eq!(p.name(), "h:7900");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use log::Level;
 use striper_core::config::human_bytes;
-use striper_core::metrics::{Snapshot, Totals};
+use striper_core::metrics::{Recorder, Snapshot, Totals};
 use striper_core::{Bridge, Outcome, Pipe};
 
 use crate::proto::handshake::short_id;
@@ -64,8 +64,8 @@ pub fn totals(striped: &StripedPipe, (to_peer, from_peer): (u64, u64)) -> Totals
     }
 }
 
-/// Adds an open session to a scrape's snapshot: its figures so far and
-/// each stripe that is up.
+/// Adds an open session to a scrape's snapshot: its figures so far, each
+/// stripe that is up, and (a client's) each path.
 pub fn add_live(snapshot: &mut Snapshot, striped: &StripedPipe, bytes: (u64, u64)) {
     let session = striped.session();
     snapshot.add_session(&totals(striped, bytes), session.stripes_up());
@@ -73,5 +73,22 @@ pub fn add_live(snapshot: &mut Snapshot, striped: &StripedPipe, bytes: (u64, u64
         if let Some((rtt, queued, rate)) = session.stripe_reading(i) {
             snapshot.add_stripe(i, rtt, queued, rate);
         }
+    }
+    for p in striped.path_readings() {
+        snapshot.add_path(p.name, p.backup, &p.counters, p.stripes_up);
+    }
+}
+
+/// A session ended with `outcome`: its final figures go into the closed
+/// totals, once. `bytes` as for [`totals`].
+pub fn record_close(
+    recorder: &mut Recorder,
+    outcome: Option<&Outcome>,
+    striped: &StripedPipe,
+    bytes: (u64, u64),
+) {
+    recorder.closed(outcome, &totals(striped, bytes));
+    for p in striped.path_readings() {
+        recorder.closed_path(p.name, &p.counters);
     }
 }

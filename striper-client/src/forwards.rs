@@ -170,6 +170,7 @@ impl Listening {
             }
         }
         self.settings = settings;
+        self.recorder.set_paths(self.settings.path_names());
         for &id in &plan.close {
             listeners.close(registry, id);
             if let Some(f) = self.forwards.remove(&id) {

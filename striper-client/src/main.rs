@@ -156,7 +156,7 @@ fn run(opts: Opts) -> Result<ExitCode, String> {
     let reload = Reload::new(&Opts::command())?;
     let reactor = Reactor::new().map_err(|e| e.to_string())?;
     let mut daemon = Daemon::listening(reactor.registry())?;
-    let recorder = export_metrics(&mut daemon, &reactor, &opts.metrics)?;
+    let recorder = export_metrics(&mut daemon, &reactor, &opts.metrics, &settings)?;
     let mut service = Listening {
         reactor,
         settings,
@@ -213,6 +213,12 @@ impl Settings {
             stripes: opts.stripes,
         })
     }
+
+    /// Each path's name and whether it is a backup, for the metrics.
+    fn path_names(&self) -> Vec<(String, bool)> {
+        let paths = &self.server.paths;
+        paths.iter().map(|p| (p.name(), p.backup)).collect()
+    }
 }
 
 fn run_stdio(
@@ -222,7 +228,7 @@ fn run_stdio(
 ) -> Result<ExitCode, String> {
     let mut reactor = Reactor::new().map_err(|e| e.to_string())?;
     let mut daemon = Daemon::new(reactor.registry())?;
-    let recorder = export_metrics(&mut daemon, &reactor, metrics)?;
+    let recorder = export_metrics(&mut daemon, &reactor, metrics, &settings)?;
     let stdio = StdioPipe::new().map_err(|e| format!("cannot use standard input/output: {e}"))?;
     let tunnel = Tunnel::new(
         stdio,
@@ -246,8 +252,10 @@ fn export_metrics<T: Task>(
     daemon: &mut Daemon,
     reactor: &Reactor<T>,
     opts: &MetricsOpts,
+    settings: &Settings,
 ) -> Result<Recorder, String> {
-    let (recorder, registry) = Recorder::new(&[]);
+    let (mut recorder, registry) = Recorder::client();
+    recorder.set_paths(settings.path_names());
     if let Some(addr) = &opts.metrics {
         let local = daemon.export_metrics(reactor.registry(), addr, registry)?;
         info!("serving metrics at http://{local}/metrics");
@@ -427,8 +435,8 @@ impl<P: Pipe> Tunnel<P> {
 
     /// The bridge's A side is the application: A to B is to the peer.
     fn record_close(&self, recorder: &mut Recorder) {
-        let totals = report::totals(self.bridge.b(), self.bridge.bytes());
-        recorder.closed(self.bridge.outcome(), &totals);
+        let b = &self.bridge;
+        report::record_close(recorder, b.outcome(), b.b(), b.bytes());
     }
 }
 

@@ -46,6 +46,7 @@ use crate::tcp::TcpPipe;
 use paths::Paths;
 
 pub use client::new_session_id;
+pub use paths::PathReading;
 
 /// Bytes read from one stripe per drive before others get a turn.
 const READ_BUDGET: usize = 1 << 20;

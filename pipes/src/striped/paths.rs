@@ -5,13 +5,15 @@
 //! stripes.
 //!
 //! Events are logged per path, not per stripe: a path that dies loses all
-//! its stripes at once, and one line says so.
+//! its stripes at once, and one line says so. The same figures feed the
+//! client's per-path metrics ([`StripedPipe::path_readings`]).
 
 use std::time::Instant;
 
 use log::{info, warn};
 use striper_core::PipeError;
 use striper_core::config::human_bytes;
+use striper_core::metrics::PathCounters;
 
 use super::StripedPipe;
 use crate::path::PathSpec;
@@ -20,14 +22,36 @@ use crate::stripe::StripeState;
 
 pub(super) struct PathState {
     pub(super) spec: PathSpec,
-    label: String,
+    /// The path's name ([`PathSpec::name`]); logs add the backup mark.
+    name: String,
     /// Payload bytes of DATA frames sent on the path's stripes (re-sends
     /// included) and received on them.
     bytes_out: u64,
     bytes_in: u64,
+    /// Times the path lost its last stripe after having one up.
+    downs: u64,
     /// Since when no stripe of the path has been up (after it was once).
     down_since: Option<Instant>,
     ever_up: bool,
+}
+
+impl PathState {
+    /// As logs name it: "127.0.0.2->h:7900 (backup)".
+    fn label(&self) -> String {
+        if self.spec.backup {
+            format!("{} (backup)", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// One path of a session as the metrics see it.
+pub struct PathReading<'a> {
+    pub name: &'a str,
+    pub backup: bool,
+    pub counters: PathCounters,
+    pub stripes_up: usize,
 }
 
 /// The client's paths; empty on the server.
@@ -43,10 +67,11 @@ impl Paths {
             list: specs
                 .into_iter()
                 .map(|spec| PathState {
-                    label: spec.label(),
+                    name: spec.name(),
                     spec,
                     bytes_out: 0,
                     bytes_in: 0,
+                    downs: 0,
                     down_since: None,
                     ever_up: false,
                 })
@@ -77,7 +102,7 @@ impl Paths {
     /// several.
     pub(super) fn name_stripe(&self, stripe: usize) -> String {
         match self.of(stripe) {
-            Some(p) if self.several() => format!("stripe {stripe} (path {})", p.label),
+            Some(p) if self.several() => format!("stripe {stripe} (path {})", p.label()),
             _ => format!("stripe {stripe}"),
         }
     }
@@ -120,7 +145,7 @@ impl Paths {
             .map(|p| {
                 format!(
                     "{} out {} in {}",
-                    p.label,
+                    p.label(),
                     human_bytes(p.bytes_out),
                     human_bytes(p.bytes_in)
                 )
@@ -131,6 +156,24 @@ impl Paths {
 }
 
 impl StripedPipe {
+    /// Each path's figures so far (none on the server).
+    pub fn path_readings(&self) -> impl Iterator<Item = PathReading<'_>> {
+        self.paths
+            .list
+            .iter()
+            .enumerate()
+            .map(|(k, p)| PathReading {
+                name: &p.name,
+                backup: p.spec.backup,
+                counters: PathCounters {
+                    to_peer: p.bytes_out,
+                    from_peer: p.bytes_in,
+                    downs: p.downs,
+                },
+                stripes_up: self.paths.stripes_up(k, &self.session),
+            })
+    }
+
     /// At the start, backup stripes wait for the primaries still
     /// connecting; once a primary path has been up, or none is trying any
     /// more, a backup takes over as soon as no primary stripe is up.
@@ -154,30 +197,38 @@ impl StripedPipe {
     }
 
     /// Stripe `i` came up: if its path had none, the path is up (or back).
+    /// Kept with one path too (for the metrics); logged with several (one
+    /// path's stripes log their own events).
     pub(super) fn note_path_up(&mut self, i: usize, now: Instant) {
         let Some(k) = self.paths.index_of(i) else {
             return;
         };
-        if !self.paths.several() || self.paths.stripes_up(k, &self.session) != 1 {
+        if self.paths.stripes_up(k, &self.session) != 1 {
             return;
         }
         let up = self.paths.paths_up(&self.session);
         let total = self.paths.list.len();
+        let several = self.paths.several();
         let p = &mut self.paths.list[k];
-        match p.down_since.take() {
+        let was_up = std::mem::replace(&mut p.ever_up, true);
+        let down_since = p.down_since.take();
+        if !several {
+            return;
+        }
+        match down_since {
             Some(since) => info!(
                 "{}: path {} is back after {:.1} s ({up} of {total} paths up)",
                 self.label,
-                p.label,
+                p.label(),
                 now.saturating_duration_since(since).as_secs_f64()
             ),
-            None if !p.ever_up => info!(
+            None if !was_up => info!(
                 "{}: path {} up ({up} of {total} paths up)",
-                self.label, p.label
+                self.label,
+                p.label()
             ),
             None => {}
         }
-        p.ever_up = true;
     }
 
     /// Stripe `i` was lost (`err`): if it was its path's last, the path is
@@ -187,18 +238,19 @@ impl StripedPipe {
             return;
         };
         let p = &self.paths.list[k];
-        if !self.paths.several()
-            || !p.ever_up
-            || p.down_since.is_some()
-            || self.paths.stripes_up(k, &self.session) > 0
-        {
+        if !p.ever_up || p.down_since.is_some() || self.paths.stripes_up(k, &self.session) > 0 {
             return;
         }
         let up = self.paths.paths_up(&self.session);
         let total = self.paths.list.len();
         let primary = self.session.primary_up();
+        let several = self.paths.several();
         let p = &mut self.paths.list[k];
         p.down_since = Some(now);
+        p.downs += 1;
+        if !several {
+            return;
+        }
         let rest = match (up, primary) {
             (0, _) => "no path left; re-dialing".to_string(),
             (_, true) => format!("{up} of {total} paths up carry its data; re-dialing it"),
@@ -206,6 +258,6 @@ impl StripedPipe {
                 format!("only backup paths left ({up} of {total}): they take over; re-dialing it")
             }
         };
-        warn!("{}: path {} down: {err}; {rest}", self.label, p.label);
+        warn!("{}: path {} down: {err}; {rest}", self.label, p.label());
     }
 }

@@ -12,9 +12,11 @@
 //! An idle program pays nothing: the responder's thread blocks in accept.
 //!
 //! Labels are bounded: a close reason or a refusal kind from a fixed list,
-//! a stripe index below the stripe limit; never a session or an address.
+//! a stripe index below the stripe limit, a path's name from the client's
+//! configuration (`paths.rs`); never a session or a peer's address.
 
 pub mod http;
+mod paths;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -28,6 +30,8 @@ use prometheus_client::registry::Registry;
 
 use crate::bridge::Outcome;
 use crate::pipe::ErrorKind;
+pub use paths::PathCounters;
+use paths::{LivePaths, PathMetrics};
 
 /// Why sessions end: the `reason` label of `striper_sessions_closed_total`.
 pub const CLOSE_REASONS: [&str; 8] = [
@@ -123,6 +127,7 @@ pub struct Snapshot {
     stripes_up: u64,
     totals: Totals,
     stripes: Vec<StripeSum>,
+    paths: LivePaths,
 }
 
 impl Snapshot {
@@ -161,6 +166,18 @@ impl Snapshot {
             s.rate_n += 1;
         }
     }
+
+    /// One path of an open session: its name, whether it is a backup, what
+    /// it carried so far, and its stripes that are up.
+    pub fn add_path(
+        &mut self,
+        name: &str,
+        backup: bool,
+        counters: &PathCounters,
+        stripes_up: usize,
+    ) {
+        self.paths.add(name, backup, counters, stripes_up);
+    }
 }
 
 /// The metric handles, as the event loop updates them (each is an `Arc`
@@ -179,6 +196,8 @@ pub struct Recorder {
     stripe_rtt: Family<StripeIndex, FloatGauge>,
     stripe_queue: Family<StripeIndex, Gauge>,
     stripe_rate: Family<StripeIndex, FloatGauge>,
+    /// The client's `striper_path_*`.
+    paths: Option<PathMetrics>,
     /// What the sessions that ended left behind.
     closed: Totals,
     closed_sessions: u64,
@@ -188,8 +207,18 @@ impl Recorder {
     /// The recorder and the registry to serve. `refusal_kinds` (the
     /// server's) adds `striper_handshake_refusals_total` with those kinds.
     pub fn new(refusal_kinds: &[&'static str]) -> (Recorder, Arc<Registry>) {
+        Recorder::build(refusal_kinds, false)
+    }
+
+    /// The client's: with the per-path metrics (`striper_path_*`), whose
+    /// paths [`Recorder::set_paths`] names.
+    pub fn client() -> (Recorder, Arc<Registry>) {
+        Recorder::build(&[], true)
+    }
+
+    fn build(refusal_kinds: &[&'static str], paths: bool) -> (Recorder, Arc<Registry>) {
         let mut reg = Registry::with_prefix("striper");
-        let r = Recorder {
+        let mut r = Recorder {
             sessions_open: Gauge::default(),
             sessions_opened: Counter::default(),
             sessions_closed: Family::default(),
@@ -203,6 +232,7 @@ impl Recorder {
             stripe_rtt: Family::default(),
             stripe_queue: Family::default(),
             stripe_rate: Family::default(),
+            paths: None,
             closed: Totals::default(),
             closed_sessions: 0,
         };
@@ -274,6 +304,9 @@ impl Recorder {
             "Measured drain rate of the stripes with this index, summed over open sessions",
             r.stripe_rate.clone(),
         );
+        if paths {
+            r.paths = Some(PathMetrics::register(&mut reg));
+        }
         // Every label of a fixed set exists from the start, so a graph of
         // a rare reason starts at zero rather than appearing from nowhere.
         for reason in CLOSE_REASONS {
@@ -296,6 +329,21 @@ impl Recorder {
         self.closed.add(totals);
         let reason = close_reason(outcome);
         self.sessions_closed.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// The client's paths as configured now (name, backup), at start and
+    /// after a reload.
+    pub fn set_paths(&mut self, paths: Vec<(String, bool)>) {
+        if let Some(p) = &mut self.paths {
+            p.configure(paths);
+        }
+    }
+
+    /// A session ended, having carried `counters` on path `name`.
+    pub fn closed_path(&mut self, name: &str, counters: &PathCounters) {
+        if let Some(p) = &mut self.paths {
+            p.closed(name, counters);
+        }
     }
 
     /// A new connection was refused, or failed its handshake, for `kind`.
@@ -349,6 +397,9 @@ impl Recorder {
             if s.rate_n > 0 {
                 self.stripe_rate.get_or_create(&label).set(s.rate);
             }
+        }
+        if let Some(p) = &mut self.paths {
+            p.publish(&live.paths);
         }
     }
 }

@@ -54,7 +54,7 @@ pub use data::{
 pub use process::{
     Memory, Proc, bin, nofile_limit, raise_nofile_limit, run_ok, status_field_kib, vm_rss_kib,
 };
-pub use scrape::{Scrape, http_exchange, metrics_addr};
+pub use scrape::{Scrape, assert_promtool_rules_pass, http_exchange, metrics_addr};
 pub use session::{HeldSession, assert_echo_session};
 pub use target::{ConnReport, Target, echo, exchange, reset_after};
 pub use tempdir::TempDir;

@@ -140,6 +140,31 @@ impl Scrape {
     }
 }
 
+/// Fails the test unless `promtool test rules FILE` passes: the rules a
+/// rules test file names, against its series.
+#[track_caller]
+pub fn assert_promtool_rules_pass(file: &std::path::Path) {
+    let child = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install the Debian package `prometheus`")
+        });
+    let out = wait_output(child, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "promtool test rules {} failed ({}): {}{}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A child's output, killing it (by PID) if it runs past `timeout`.
 fn wait_output(mut child: std::process::Child, timeout: Duration) -> std::process::Output {
     let ok = super::poll_until(timeout, Duration::from_millis(10), || {
