@@ -26,14 +26,15 @@
 # from the two client addresses (subflow endpoints, with a routing rule per
 # source address); agg-tunnel binds one link to each interface.
 #
-# Throughput: iperf3 uploads of SECS seconds, RUNS rounds of every system in
-# turn; the receiver's goodput over the whole run (start-up included), the
-# median of the rounds, and each link's share of the bytes (HTB counters of
-# the client's two links around the run, headers included).
+# Throughput: iperf3 uploads of SECS seconds after OMIT seconds of start-up
+# (iperf3 -O: slow start on the 80 ms link is not what a bond carries),
+# RUNS rounds of every system in turn; the receiver's goodput, the median of
+# the rounds, and each link's share of the bytes (HTB counters of the
+# client's two links around the run, headers included).
 #
-# Failover (through striper, scripts/bench_bond.py: a seeded stream, CRC32
-# checked, every read timed at the receiver): link B fails at FO_DOWN s and
-# is restored at FO_UP s.
+# Failover (scripts/bench_bond.py: a seeded stream, CRC32 checked, every
+# read timed at the receiver), through striper and, for comparison, MPTCP
+# and agg-tunnel: link B fails at FO_DOWN s and is restored at FO_UP s.
 #   blackhole  `ip link set bcB down`: packets vanish, nobody is told;
 #   reset      the server's side of link B answers every TCP segment with an
 #              RST (iptables REJECT --reject-with tcp-reset).
@@ -42,21 +43,24 @@
 #
 # Env: RATE_A=30 RATE_B=10 (Mbit/s) DELAY_A=10 DELAY_B=40 (ms one way)
 #      LINK_QMS=200 (each link's queue, ms at its rate) CC (congestion
-#      control in both namespaces; default: the system's) SECS=25 RUNS=3
+#      control in both namespaces; default: the system's) SECS=25 OMIT=2 RUNS=3
 #      STRIPES=2
 #      SYSTEMS="single mptcp agg striper" (single: one TCP flow on A, then B)
-#      FAILOVER="blackhole reset" FO_SECS=20 FO_DOWN=6 FO_UP=14
+#      FAILOVER="blackhole reset" FO_SECS=20 FO_DOWN=6 FO_UP=14 FO_RUNS=3
+#      FO_SYSTEMS="striper mptcp agg" (mptcp and agg only if in SYSTEMS)
 #      STRIPER_ARGS="" BIN=target/release AGG=agg-tunnel (skipped if absent;
 #      cargo install aggligator-util@0.18.12 --locked --no-default-features)
+#      PLOTS=dir (failover-<case>.svg per case; default the work directory)
 #      KEEP=1 (keep the logs; striper's client logs at debug level then)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 : "${RATE_A:=30}" "${RATE_B:=10}" "${DELAY_A:=10}" "${DELAY_B:=40}" "${LINK_QMS:=200}"
-: "${SECS:=25}" "${RUNS:=3}" "${STRIPES:=2}"
+: "${SECS:=25}" "${OMIT:=2}" "${RUNS:=3}" "${STRIPES:=2}"
 : "${SYSTEMS=single mptcp agg striper}" "${FAILOVER=blackhole reset}"
-: "${FO_SECS:=20}" "${FO_DOWN:=6}" "${FO_UP:=14}" "${STRIPER_ARGS:=}"
+: "${FO_SECS:=20}" "${FO_DOWN:=6}" "${FO_UP:=14}" "${FO_RUNS:=3}" "${STRIPER_ARGS:=}"
+: "${FO_SYSTEMS=striper mptcp agg}"
 : "${BIN:=$ROOT/target/release}" "${AGG:=agg-tunnel}"
 
 if [ "$(id -u)" != 0 ]; then
@@ -87,11 +91,17 @@ if ip netns list | grep -qE '^bond[cs]( |$)'; then
 fi
 
 WORK=$(mktemp -d)
+PLOTS=${PLOTS:-$WORK}
+mkdir -p "$PLOTS"
 gcc -O2 -Wall -o "$WORK/delayq" "$HERE/wan/delayq.c" -lnetfilter_queue -lnfnetlink -lm ||
     { echo "bench-bond.sh: cannot build delayq (apt-get install libnetfilter-queue-dev)" >&2; exit 1; }
 PIDS=()
+OLD_ALLOWED=
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "$OLD_ALLOWED" ]; then
+        sysctl -qw net.ipv4.tcp_allowed_congestion_control="$OLD_ALLOWED" || true
+    fi
     ip netns del bondc 2>/dev/null || true
     ip netns del bonds 2>/dev/null || true
     if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
@@ -106,6 +116,13 @@ $C ip link set lo up
 $S ip link set lo up
 $S ip addr add 10.99.9.1/32 dev lo
 if [ -n "${CC:-}" ]; then
+    # A namespace may default only to an algorithm the host allows (a
+    # global list): add CC for the run, restore the list at exit.
+    allowed=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+    if [[ " $allowed " != *" $CC "* ]]; then
+        OLD_ALLOWED=$allowed
+        sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed $CC"
+    fi
     $C sysctl -qw net.ipv4.tcp_congestion_control="$CC"
     $S sysctl -qw net.ipv4.tcp_congestion_control="$CC"
 fi
@@ -169,8 +186,9 @@ start() { # ns log command...: a background process, killed at the end
 # Ports (server namespace): an iperf3 server per system (a single-test
 # server refuses a client while the last test's tunnel still winds down):
 # 5201 one flow, 5204 MPTCP, 5206 agg-tunnel, 5207 striper; the failover
-# sink 5301, striper 7900, agg-tunnel 5800. Client namespace: striper 5202
-# (-> iperf3) and 5203 (-> the sink), agg-tunnel 5205.
+# sinks 5301 (striper's), 5302 (MPTCP's), 5303 (agg-tunnel's); striper
+# 7900, agg-tunnel 5800. Client namespace: striper 5202 (-> iperf3) and 5203
+# (-> its sink), agg-tunnel 5205 (-> iperf3) and 5304 (-> its sink).
 start bonds "$WORK/iperf3.log" iperf3 -s -p 5201
 has mptcp && start bonds "$WORK/iperf3-mptcp.log" mptcpize run iperf3 -s -p 5204
 has agg && start bonds "$WORK/iperf3-agg.log" iperf3 -s -p 5206
@@ -187,10 +205,10 @@ if has striper || [ -n "${FAILOVER// /}" ]; then
     wait_listen bondc 5202
 fi
 if has agg; then
-    start bonds "$WORK/agg-server.log" "$AGG_PATH" server --tcp 5800 -p 5206 -n
+    start bonds "$WORK/agg-server.log" "$AGG_PATH" server --tcp 5800 -p 5206 -p 5303 -n
     wait_listen bonds 5800
     start bondc "$WORK/agg-client.log" "$AGG_PATH" client --tcp 10.99.9.1:5800 \
-        --tcp-link-filter interface-ip -p 5206:5205 -n
+        --tcp-link-filter interface-ip -p 5206:5205 -p 5303:5304 -n
     wait_listen bondc 5205
 fi
 wait_listen bonds 5201
@@ -204,7 +222,7 @@ upload() {
     local name=$1 a0 b0 a1 b1 mbit
     shift
     a0=$(tx_bytes bcA) b0=$(tx_bytes bcB)
-    $C "$@" -t "$SECS" -J >"$WORK/upload.json" || true
+    $C "$@" -t "$SECS" -O "$OMIT" -J >"$WORK/upload.json" || true
     mbit=$(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -236,7 +254,7 @@ if best:
 }
 
 SUM=$((RATE_A + RATE_B))
-echo "links: A $RATE_A Mbit/s, RTT $((2 * DELAY_A)) ms; B $RATE_B Mbit/s, RTT $((2 * DELAY_B)) ms (HTB per link, queues of $LINK_QMS ms); congestion control $CC_NOW; $SECS s uploads, $RUNS rounds"
+echo "links: A $RATE_A Mbit/s, RTT $((2 * DELAY_A)) ms; B $RATE_B Mbit/s, RTT $((2 * DELAY_B)) ms (HTB per link, queues of $LINK_QMS ms); congestion control $CC_NOW; $SECS s uploads after $OMIT s, $RUNS rounds"
 : >"$WORK/results"
 for r in $(seq "$RUNS"); do
     echo "round $r"
@@ -271,6 +289,58 @@ for name, runs in rows.items():
         name, " / ".join("%.1f" % m for m in mbits), med, med / total, share))
 EOF
 
+# striper always runs the failover; MPTCP and agg-tunnel when they are in
+# both SYSTEMS (set up above) and FO_SYSTEMS.
+fo_has() { [[ " $FO_SYSTEMS " == *" $1 "* ]] && { [ "$1" = striper ] || has "$1"; }; }
+# One failover run: system, case, round, the commands that fail and restore
+# link B. Appends the run's figures to $WORK/failover.jsonl.
+failover_run() {
+    local sys=$1 case=$2 r=$3 fail=$4 back=$5 sink send label wrap=()
+    local tag="$sys-$case-$r"
+    case $sys in
+        striper) sink=(127.0.0.1 5301) send=(127.0.0.1 5203) label=striper ;;
+        mptcp) sink=(10.99.9.1 5302) send=(10.99.9.1 5302) label=MPTCP wrap=(mptcpize run) ;;
+        agg) sink=(127.0.0.1 5303) send=(127.0.0.1 5304) label=agg-tunnel ;;
+    esac
+    echo
+    echo "failover ($label, $case, run $r): link B fails at $FO_DOWN s, is back at $FO_UP s"
+    start bonds "$WORK/sink-$tag.log" "${wrap[@]}" python3 "$HERE/bench_bond.py" sink \
+        "${sink[@]}" "$WORK/sink-$tag.json"
+    wait_listen bonds "${sink[1]}"
+    $C "${wrap[@]}" python3 "$HERE/bench_bond.py" send "${send[@]}" "$FO_SECS" \
+        "$WORK/send-$tag.json" --links bcA,bcB \
+        --at "$((FO_DOWN - 1))" "ss -tin >$WORK/ss-$tag.txt" \
+        --at "$FO_DOWN" "$fail" --label "B fails" --at "$FO_UP" "$back" --label "B back"
+    for _ in $(seq 100); do [ -s "$WORK/sink-$tag.json" ] && break; sleep 0.1; done
+    python3 "$HERE/bench_bond.py" report "$WORK/sink-$tag.json" "$WORK/send-$tag.json" \
+        --summary "$WORK/failover.jsonl" "$label, $case"
+    if [ "$r" = 1 ]; then
+        python3 "$HERE/bench_bond.py" plot "$WORK/sink-$tag.json" "$WORK/send-$tag.json" \
+            "$PLOTS/failover-$case-$sys.svg" --title "$label, $case: link B fails at $FO_DOWN s, \
+back at $FO_UP s (A $RATE_A Mbit/s $((2 * DELAY_A)) ms, B $RATE_B Mbit/s $((2 * DELAY_B)) ms, $CC_NOW)"
+        echo "plot: $PLOTS/failover-$case-$sys.svg"
+    fi
+    # The smoothed round trips of the flows on each link a second before
+    # the failure (under load: the HTB queues included).
+    python3 - "$WORK/ss-$tag.txt" <<'EOF'
+import re, sys
+rtt = {}
+src = None
+for line in open(sys.argv[1]):
+    if re.match(r"\S", line):
+        m = re.search(r"(10\.99\.[12])\.1(%\w+)?:\d+\s", line)
+        src = m.group(1) if m else None
+    m = re.search(r"\brtt:([\d.]+)/", line)
+    if m and src:
+        rtt.setdefault(src, []).append(float(m.group(1)))
+for net, name in (("10.99.1", "A"), ("10.99.2", "B")):
+    if net in rtt:
+        print("link %s flows' srtt before the failure: %s ms" % (
+            name, ", ".join("%.1f" % r for r in rtt[net])))
+EOF
+}
+
+: >"$WORK/failover.jsonl"
 for case in $FAILOVER; do
     case $case in
         blackhole)
@@ -282,33 +352,34 @@ for case in $FAILOVER; do
             back="ip netns exec bonds $IPT -D $rule" ;;
         *) echo "bench-bond.sh: unknown failover case $case" >&2; exit 1 ;;
     esac
-    echo
-    echo "failover ($case): link B fails at $FO_DOWN s, is back at $FO_UP s"
-    start bonds "$WORK/sink-$case.log" python3 "$HERE/bench_bond.py" sink 127.0.0.1 5301 "$WORK/sink-$case.json"
-    wait_listen bonds 5301
-    $C python3 "$HERE/bench_bond.py" send 127.0.0.1 5203 "$FO_SECS" "$WORK/send-$case.json" \
-        --at "$((FO_DOWN - 1))" "ss -tin dst 10.99.9.1:7900 >$WORK/ss-$case.txt" \
-        --at "$FO_DOWN" "$fail" --at "$FO_UP" "$back"
-    for _ in $(seq 100); do [ -s "$WORK/sink-$case.json" ] && break; sleep 0.1; done
-    python3 "$HERE/bench_bond.py" report "$WORK/sink-$case.json" "$WORK/send-$case.json"
-    # The stripes' smoothed round trips a second before the failure (under
-    # load: the HTB queues included), per link.
-    python3 - "$WORK/ss-$case.txt" <<'EOF'
-import re, sys
-rtt = {}
-src = None
-for line in open(sys.argv[1]):
-    m = re.search(r"(10\.99\.\d)\.1(%\w+)?:\d+\s", line)
-    if m:
-        src = m.group(1)
-    m = re.search(r"\brtt:([\d.]+)/", line)
-    if m and src:
-        rtt.setdefault(src, []).append(float(m.group(1)))
-for net, name in (("10.99.1", "A"), ("10.99.2", "B")):
-    if net in rtt:
-        print("link %s stripes' srtt before the failure: %s ms" % (
-            name, ", ".join("%.1f" % r for r in rtt[net])))
-EOF
+    for r in $(seq "$FO_RUNS"); do
+        for sys in striper mptcp agg; do
+            fo_has $sys && failover_run $sys "$case" "$r" "$fail" "$back"
+        done
+    done
 done
+if [ -s "$WORK/failover.jsonl" ]; then
+    echo
+    echo "failover: link B fails at $FO_DOWN s, is back at $FO_UP s; $FO_RUNS runs each"
+    python3 - "$WORK/failover.jsonl" <<'EOF'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    runs.setdefault(d["name"], []).append(d)
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+print("| system, case | gap after the failure (ms) per run | median | largest interval before (ms) | Mbit/s before / down / back | bytes |")
+print("|---|---|---:|---:|---|---|")
+for name, rs in runs.items():
+    gaps = [r["gaps"].get("B fails") for r in rs]
+    mbit = [med([r["mbit"][k] for r in rs if len(r["mbit"]) > k]) for k in range(3)]
+    print("| %s | %s | %.0f | %.0f | %s | %s |" % (
+        name, " / ".join("%.0f" % g for g in gaps), med(gaps),
+        med([r.get("quiet_ms") for r in rs]), " / ".join("%.1f" % m for m in mbit),
+        "equal" if all(r["ok"] for r in rs) else "DIFFERENT"))
+EOF
+fi
 echo
 grep -E ": path [^ ]+ (down:|is back)" "$WORK/client.log" | sed 's/^/client: /' || true

@@ -12,9 +12,13 @@
                          OUT, and with --links each device's tx_bytes every
                          100 ms (from /sys/class/net: the namespace the
                          sender runs in)
-  report SINK SEND       the receiver's Mbit/s per second, and for each event
+  report SINK SEND [--summary FILE NAME]
+                         the receiver's Mbit/s per second, and for each event
                          the gap: the longest time in which no byte arrived,
-                         among the stretches that end after the event
+                         among the stretches that end after the event;
+                         --summary appends the run's figures to FILE as a
+                         JSON line named NAME (gaps after labelled events,
+                         the floor before them, median Mbit/s per stretch)
   plot SINK SEND OUT.svg [--title T]
                          Mbit/s against time in 100 ms bins as an SVG: the
                          bytes delivered at the receiver, each link's bytes
@@ -32,6 +36,7 @@ Standard library only.
 import contextlib
 import io
 import json
+import statistics
 import os
 import random
 import re
@@ -186,7 +191,7 @@ def event_names(tx):
             for (cmd, at), lab in zip(tx["events"], labels)]
 
 
-def report(sink_file, send_file):
+def report(sink_file, send_file, summary=None, name=None):
     rx = json.load(open(sink_file))
     tx = json.load(open(send_file))
     ok = rx["bytes"] == tx["bytes"] and rx["crc"] == tx["crc"]
@@ -217,7 +222,38 @@ def report(sink_file, send_file):
         gap, since = max(gaps)
         print("%s at %.2f s: gap %.0f ms (no byte from %.2f s to %.2f s)" % (
             cmd, at - t0, gap * 1e3, since - t0, since + gap - t0))
+    if summary:
+        with open(summary, "a") as f:
+            f.write(json.dumps(summarise(name, ok, tx, times, sizes)) + "\n")
     return 0 if ok else 1
+
+
+def summarise(name, ok, tx, times, sizes):
+    """One run in numbers for a table across runs: the gap after each
+    labelled event, the largest interval between reads in the 5 s before
+    the first one (the floor a gap is read against), and the median Mbit/s
+    over the whole seconds before, between and after the labelled events."""
+    t0 = tx["start"]
+    marks = [(lab, at) for _, at, lab in event_names(tx) if lab]
+    out = {"name": name, "ok": ok, "gaps": {}, "mbit": []}
+    if not marks:
+        return out
+    quiet = [b - a for a, b in zip(times, times[1:])
+             if marks[0][1] - 5 <= a and b <= marks[0][1]]
+    out["quiet_ms"] = round(max(quiet, default=0) * 1e3, 1)
+    for k, (lab, at) in enumerate(marks):
+        until = marks[k + 1][1] if k + 1 < len(marks) else at + 20
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > at and a < until]
+        out["gaps"][lab] = round(max(gaps, default=float("nan")) * 1e3, 1)
+    per = {}
+    for t, n in zip(times, sizes):
+        per[int(t - t0)] = per.get(int(t - t0), 0) + n
+    edges = [0] + [int(at - t0) for _, at in marks] + [max(per, default=0)]
+    for a, b in zip(edges, edges[1:]):
+        # Whole seconds only: the first after an edge is a transition.
+        secs = [per.get(k, 0) * 8 / 1e6 for k in range(a + 1, b)]
+        out["mbit"].append(round(statistics.median(secs), 1) if secs else None)
+    return out
 
 
 COLOURS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
@@ -290,6 +326,12 @@ def selftest():
     gaps = [int(g) for g in re.findall(r": gap (\d+) ms", out)]
     assert gaps == [10, round(gap * 1e3), 10], (gaps, out)
     assert "ip link set bcB down [B fails] at 6.00 s" in out, out
+    summary = os.path.join(tmp, "summary.jsonl")
+    code, out = run("report", paths["sink.json"], paths["send.json"], "--summary", summary, "x")
+    assert code == 0, out
+    line = json.loads(open(summary).read())
+    assert line["gaps"] == {"B fails": gap * 1e3, "B back": 10.0}, line
+    assert line["quiet_ms"] == 10.0 and line["mbit"] == [38.0, 38.0, 38.0], line
     code, out = run("report", paths["bad.json"], paths["send.json"])
     assert code == 1 and "CRC32 DIFFERENT" in out, out
 
@@ -333,7 +375,7 @@ def selftest():
     assert len(smp) >= 3 and all(b[0] > a[0] for a, b in zip(smp, smp[1:])), smp
     # Loopback carries the stream once plus headers (and whatever else ran).
     assert smp[-1][1] - smp[0][1] >= tx["bytes"] > 0, (smp, tx["bytes"])
-    for name in paths.values():
+    for name in list(paths.values()) + [summary]:
         if os.path.exists(name):
             os.remove(name)
     os.rmdir(tmp)
@@ -364,6 +406,8 @@ def main(argv):
         return 0
     if len(argv) == 3 and argv[0] == "report":
         return report(argv[1], argv[2])
+    if len(argv) == 6 and argv[0] == "report" and argv[3] == "--summary":
+        return report(argv[1], argv[2], argv[4], argv[5])
     if len(argv) in (4, 6) and argv[0] == "plot" and (len(argv) == 4 or argv[4] == "--title"):
         plot(*argv[1:4], title=argv[5] if len(argv) == 6 else None)
         return 0

@@ -600,10 +600,11 @@ impl Session {
 
     fn poll_data(&mut self) -> Option<Transmit> {
         let max = self.cfg.frame_size.min(self.peer_max_payload) as u64;
-        let chunk = self.send.peek(max)?;
+        let mut chunk = self.send.peek(max)?;
         // Bytes sent around a stalled stripe must not go back onto it.
         let avoid = if chunk.resend { self.suspects } else { 0 };
         let i = self.choose(HEADER_LEN as u64 + chunk.len, avoid)?;
+        chunk.len = chunk.len.min(self.stripes[i].frame_cap(max));
         self.send.hand_out(i, chunk);
         if chunk.resend {
             self.stats.bytes_resent += chunk.len;

@@ -494,3 +494,44 @@ fn acks_follow_the_peer_onto_the_backup() {
     data(&mut s, 0, 100);
     assert_eq!(ack_stripe(&mut s), 0, "and comes back with it");
 }
+
+/// A frame is one sealed record: nothing behind it is released before its
+/// last byte arrives. A slow stripe gets frames of about 10 ms of its
+/// rate, so it never holds the stream up for longer than that; a fast or
+/// unmeasured one gets the session's full frame size.
+#[test]
+fn a_slow_stripe_carries_small_frames() {
+    let mut s = Session::new(SessionConfig::default(), 2);
+    s.set_peer_params(32 << 20, 256 << 10);
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    s.stripe_up(0, t0);
+    s.stripe_up(1, t0);
+    // Busy measurements: stripe 0 drains 1.9 MB/s, stripe 1 400 kB/s.
+    for (k, t) in [0, 100, 200].into_iter().enumerate() {
+        let k = k as u64;
+        s.update_stripe(0, ms(t), (150_000, 64_000), k * 190_000, None);
+        s.update_stripe(1, ms(t), (100_000, 30_000), k * 40_000, None);
+    }
+    s.update_stripe(1, ms(300), (0, 0), 3 * 40_000, None);
+    let frame = SessionConfig::default().frame_size;
+    assert_eq!(s.write(&vec![7u8; 200_000]), 64 << 10);
+    // Stripe 0 is full: the idle slow stripe takes 8 KiB, not 4 KB (the
+    // floor), not the session's 32 KiB.
+    s.set_stripe_writable(0, false);
+    let t = s.poll_transmit().expect("the slow stripe takes a frame");
+    assert_eq!((t.stripe, t.data), (1, Some((0, 8 << 10))));
+    // The fast one, once writable again, 19 KB (10 ms of 1.9 MB/s).
+    s.set_stripe_writable(1, false);
+    s.set_stripe_writable(0, true);
+    s.update_stripe(0, ms(300), (0, 0), 3 * 190_000, None);
+    let t = s.poll_transmit().expect("the fast stripe takes a frame");
+    assert_eq!((t.stripe, t.data), (0, Some((8 << 10, 19_000))));
+    // An unmeasured stripe gets the full frame.
+    let mut s = Session::new(SessionConfig::default(), 1);
+    s.set_peer_params(32 << 20, 256 << 10);
+    s.stripe_up(0, t0);
+    assert_eq!(s.write(&vec![7u8; 100_000]), 64 << 10);
+    let t = s.poll_transmit().expect("a frame");
+    assert_eq!(t.data, Some((0, frame)));
+}
