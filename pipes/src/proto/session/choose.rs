@@ -68,15 +68,24 @@ impl Session {
             }));
         // The backlog decides whether a slower free stripe is worth it. An
         // application held back by our small unsent limit has more than we
-        // see: a bulk stream's backlog is what the fast stripes could send
-        // before the peer's window stops them, so a slower stripe is used
-        // while its frame arrives before half that window is spent. With
-        // only the 64 KiB we hold counted, a path 30 ms longer than the
-        // fast one was never used (a 30 + 10 Mbit/s bond with 20 and 80 ms
-        // round trips carried 28.6 Mbit/s).
+        // see: a bulk stream's backlog is what the stripes carry together
+        // in one round trip of the slowest, so a slower stripe is used
+        // while its frame arrives within that round trip of the best one's
+        // (never beyond half the peer's window). Counting only the 64 KiB
+        // we hold, a path 30 ms longer than the fast one was never used (a
+        // 30 + 10 Mbit/s bond with 20 and 80 ms round trips carried 30
+        // Mbit/s); counting half the window, the long path's frames were
+        // queued up to its unsent limit, 180 ms, and the receiver got the
+        // stream in lumps (a 100 ms bin in three under half the mean).
         let waiting = self.send.waiting();
         let backlog = if self.send.at_unsent_limit() {
-            waiting.max(self.send.window_room() / 2)
+            let (mut rate, mut rtt) = (0.0, 0.0f64);
+            for v in self.views.iter().filter(|v| v.up) {
+                rate += v.rate.unwrap_or(0.0);
+                rtt = rtt.max(v.rtt.map_or(0.0, |r| r.as_secs_f64()));
+            }
+            let round = (rate * rtt) as u64;
+            waiting.max(round.min(self.send.window_room() / 2))
         } else {
             waiting
         };

@@ -508,12 +508,16 @@ fn a_slow_stripe_carries_small_frames() {
     s.stripe_up(0, t0);
     s.stripe_up(1, t0);
     // Busy measurements: stripe 0 drains 1.9 MB/s, stripe 1 400 kB/s.
+    let (fast, slow) = (
+        Some(Duration::from_millis(20)),
+        Some(Duration::from_millis(80)),
+    );
     for (k, t) in [0, 100, 200].into_iter().enumerate() {
         let k = k as u64;
-        s.update_stripe(0, ms(t), (150_000, 64_000), k * 190_000, None);
-        s.update_stripe(1, ms(t), (100_000, 30_000), k * 40_000, None);
+        s.update_stripe(0, ms(t), (150_000, 64_000), k * 190_000, fast);
+        s.update_stripe(1, ms(t), (100_000, 30_000), k * 40_000, slow);
     }
-    s.update_stripe(1, ms(300), (0, 0), 3 * 40_000, None);
+    s.update_stripe(1, ms(300), (0, 0), 3 * 40_000, slow);
     let frame = SessionConfig::default().frame_size;
     assert_eq!(s.write(&vec![7u8; 200_000]), 64 << 10);
     // Stripe 0 is full: the idle slow stripe takes 8 KiB, not 4 KB (the
@@ -534,4 +538,60 @@ fn a_slow_stripe_carries_small_frames() {
     assert_eq!(s.write(&vec![7u8; 100_000]), 64 << 10);
     let t = s.poll_transmit().expect("a frame");
     assert_eq!(t.data, Some((0, frame)));
+}
+
+/// A bulk stream (the application held back by the unsent limit) uses a
+/// slower, longer stripe while its frame would arrive within one round
+/// trip of the slowest stripe after the best one's, and not beyond: a long
+/// path then carries its share without the receiver holding the stream for
+/// the whole of that path's unsent queue.
+#[test]
+fn a_long_stripe_is_used_within_one_round_trip_of_the_best() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let (fast, slow) = (
+        Some(Duration::from_millis(20)),
+        Some(Duration::from_millis(80)),
+    );
+    // Stripe 0: 1.9 MB/s, 20 ms, full with 57 KB unsent; stripe 1:
+    // 600 kB/s, 80 ms, `unsent` queued.
+    let session = |unsent: u64| {
+        let mut s = Session::new(SessionConfig::default(), 2);
+        s.set_peer_params(32 << 20, 256 << 10);
+        s.stripe_up(0, t0);
+        s.stripe_up(1, t0);
+        for (k, t) in [0, 100, 200].into_iter().enumerate() {
+            let k = k as u64;
+            s.update_stripe(0, ms(t), (150_000, 57_000), k * 190_000, fast);
+            s.update_stripe(
+                1,
+                ms(t),
+                (100_000 + unsent, unsent.max(1)),
+                k * 60_000,
+                slow,
+            );
+        }
+        s.set_stripe_writable(0, false);
+        s
+    };
+    // The application has more than the session holds.
+    let mut s = session(20_000);
+    assert_eq!(s.write(&vec![7u8; 200_000]), 64 << 10);
+    // A 32 KiB frame done on stripe 1: 20 KB + 32 KiB at 600 kB/s + 40 ms
+    // = 128 ms, on stripe 0: 57 KB + 32 KiB at 1.9 MB/s + 10 ms = 57 ms;
+    // 71 ms later is within one 80 ms round trip, so it goes. (With only
+    // the 64 KiB held counted it would wait: 26 ms of backlog.)
+    let t = s.poll_transmit().expect("the long stripe takes a frame");
+    assert_eq!(t.stripe, 1);
+    // With 180 KB queued on it (340 ms), waiting for stripe 0 is better.
+    let mut s = session(180_000);
+    assert_eq!(s.write(&vec![7u8; 200_000]), 64 << 10);
+    assert!(s.poll_transmit().is_none(), "waits for the short stripe");
+    // An application that has sent all it has gets no such allowance.
+    let mut s = session(20_000);
+    assert_eq!(s.write(&[7u8; 20_000]), 20_000);
+    assert!(
+        s.poll_transmit().is_none(),
+        "20 KB: the short stripe is sooner"
+    );
 }
