@@ -26,6 +26,9 @@ pub struct StripeView {
     pub rate: Option<f64>,
     /// Smoothed round trip, if known.
     pub rtt: Option<Duration>,
+    /// The largest frame (header included) this stripe is given: a longer
+    /// one is cut to this, so its completion is judged for this length.
+    pub max_len: u64,
 }
 
 /// Rate assumed for stripes that have not been measured yet, when no stripe
@@ -50,7 +53,8 @@ pub fn choose(stripes: &[StripeView], len: u64, backlog: u64) -> Option<usize> {
     let fallback = if n == 0 { DEFAULT_RATE } else { sum / n as f64 };
     let rate = |s: &StripeView| s.rate.unwrap_or(fallback).max(1.0);
     let est = |s: &StripeView| {
-        (s.queued + len) as f64 / rate(s) + s.rtt.map_or(0.0, |r| r.as_secs_f64() / 2.0)
+        (s.queued + len.min(s.max_len)) as f64 / rate(s)
+            + s.rtt.map_or(0.0, |r| r.as_secs_f64() / 2.0)
     };
     let mut best: Option<(usize, f64)> = None;
     let mut best_free: Option<(usize, f64)> = None;
@@ -143,6 +147,7 @@ mod tests {
             queued,
             rate: Some(rate),
             rtt: None,
+            max_len: u64::MAX,
         }
     }
 

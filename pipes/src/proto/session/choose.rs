@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{Session, Stripe};
+use crate::proto::frame::HEADER_LEN;
 use crate::proto::scheduler::{self, StripeView};
 
 impl Session {
@@ -24,6 +25,11 @@ impl Session {
     /// there first should not take the session's first megabytes.
     pub fn hold_backups(&mut self, hold: bool) {
         self.hold_backups = hold;
+    }
+
+    /// The largest DATA payload this end sends.
+    pub(super) fn max_payload(&self) -> u64 {
+        self.cfg.frame_size.min(self.peer_max_payload) as u64
     }
 
     /// Whether a stripe of a primary path is up (backups then stand by).
@@ -52,6 +58,7 @@ impl Session {
         } else {
             0
         };
+        let max_payload = self.max_payload();
         self.views.clear();
         self.views
             .extend(self.stripes.iter().enumerate().map(|(k, s)| StripeView {
@@ -65,6 +72,7 @@ impl Session {
                 queued: s.kernel_unsent + s.queued_since,
                 rate: s.rate.rate(),
                 rtt: s.rtt_now(),
+                max_len: HEADER_LEN as u64 + s.frame_cap(max_payload),
             }));
         // The backlog decides whether a slower free stripe is worth it. An
         // application held back by our small unsent limit has more than we

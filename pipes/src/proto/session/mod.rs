@@ -599,7 +599,7 @@ impl Session {
     }
 
     fn poll_data(&mut self) -> Option<Transmit> {
-        let max = self.cfg.frame_size.min(self.peer_max_payload) as u64;
+        let max = self.max_payload();
         let mut chunk = self.send.peek(max)?;
         // Bytes sent around a stalled stripe must not go back onto it.
         let avoid = if chunk.resend { self.suspects } else { 0 };
