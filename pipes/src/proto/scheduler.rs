@@ -78,6 +78,9 @@ pub fn choose(stripes: &[StripeView], len: u64, backlog: u64) -> Option<usize> {
     (free_est <= best_est || free_est <= wait_until).then_some(free)
 }
 
+/// A rate estimate no busy window has confirmed for this long is dropped.
+const FORGET: Duration = Duration::from_secs(5);
+
 /// Measures how fast a stripe drains, from the cumulative bytes the peer's
 /// kernel has acknowledged on it.
 ///
@@ -91,6 +94,9 @@ pub struct RateEstimator {
     rate: Option<f64>,
     window_start: Option<(Instant, u64)>,
     busy_throughout: bool,
+    /// End of the last window in which the stripe had a backlog throughout:
+    /// when the estimate was last confirmed.
+    confirmed: Option<Instant>,
     interval: Duration,
 }
 
@@ -100,6 +106,7 @@ impl RateEstimator {
             rate: None,
             window_start: None,
             busy_throughout: true,
+            confirmed: None,
             interval,
         }
     }
@@ -129,8 +136,22 @@ impl RateEstimator {
             None if self.busy_throughout => Some(sample.max(1.0)),
             None => None,
             Some(r) if self.busy_throughout => Some((r + sample) / 2.0),
+            // Not confirmed for a long while: forgotten, so the stripe is
+            // tried (and measured) again. A stripe measured low in a dip
+            // is given less, is then never busy, and its estimate would
+            // otherwise never move again.
+            Some(_)
+                if self
+                    .confirmed
+                    .is_none_or(|c| now.duration_since(c) >= FORGET) =>
+            {
+                None
+            }
             Some(r) => Some(r.max(sample)),
         };
+        if self.busy_throughout {
+            self.confirmed = Some(now);
+        }
         self.window_start = Some((now, delivered));
         self.busy_throughout = backlogged;
     }
@@ -187,6 +208,26 @@ mod tests {
         assert_eq!(choose(&s, 1000, 1000), Some(0));
         s[0].up = false;
         assert_eq!(choose(&s, 1000, 1000), None);
+    }
+
+    #[test]
+    fn an_estimate_left_unconfirmed_is_forgotten() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut e = RateEstimator::new(Duration::from_millis(100));
+        // Busy at 1 MB/s, then only a trickle and no backlog.
+        for k in 0..3u64 {
+            e.on_sample(ms(100 * k), 100_000 * k, true);
+        }
+        assert_eq!(e.rate(), Some(1e6));
+        let mut k = 3;
+        while k * 100 < 200 + 4_900 {
+            e.on_sample(ms(100 * k), 200_000 + k, false);
+            k += 1;
+        }
+        assert_eq!(e.rate(), Some(1e6), "kept for 5 s");
+        e.on_sample(ms(100 * k + 100), 200_000 + k, false);
+        assert_eq!(e.rate(), None, "then tried again as unmeasured");
     }
 
     #[test]
