@@ -370,14 +370,16 @@ for line in open(sys.argv[1]):
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
-print("| system, case | gap after the failure (ms) per run | median | largest interval before (ms) | Mbit/s before / down / back | bytes |")
-print("|---|---|---:|---:|---|---|")
+print("| system, case | gap after the failure (ms) per run | median | largest interval before (ms) | 100 ms bins under half the mean before | Mbit/s before / down / back | bytes |")
+print("|---|---|---:|---:|---:|---|---|")
 for name, rs in runs.items():
     gaps = [r["gaps"].get("B fails") for r in rs]
     mbit = [med([r["mbit"][k] for r in rs if len(r["mbit"]) > k]) for k in range(3)]
-    print("| %s | %s | %.0f | %.0f | %s | %s |" % (
+    print("| %s | %s | %.0f | %.0f | %s of 50 | %s | %s |" % (
         name, " / ".join("%.0f" % g for g in gaps), med(gaps),
-        med([r.get("quiet_ms") for r in rs]), " / ".join("%.1f" % m for m in mbit),
+        med([r.get("quiet_ms") for r in rs]),
+        " / ".join(str(r.get("lumps", "?")) for r in rs),
+        " / ".join("%.1f" % m for m in mbit),
         "equal" if all(r["ok"] for r in rs) else "DIFFERENT"))
 EOF
 fi

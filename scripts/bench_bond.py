@@ -18,7 +18,8 @@
                          among the stretches that end after the event;
                          --summary appends the run's figures to FILE as a
                          JSON line named NAME (gaps after labelled events,
-                         the floor before them, median Mbit/s per stretch)
+                         the floor before them, 100 ms bins under half the
+                         mean before them, median Mbit/s per stretch)
   plot SINK SEND OUT.svg [--title T]
                          Mbit/s against time in 100 ms bins as an SVG: the
                          bytes delivered at the receiver, each link's bytes
@@ -241,6 +242,16 @@ def summarise(name, ok, tx, times, sizes):
     quiet = [b - a for a, b in zip(times, times[1:])
              if marks[0][1] - 5 <= a and b <= marks[0][1]]
     out["quiet_ms"] = round(max(quiet, default=0) * 1e3, 1)
+    # Lumps: 100 ms bins in those 5 s that got under half their mean (a
+    # receiver waiting on a late frame, then given everything at once).
+    first = marks[0][1]
+    bins = [0] * 50
+    for t, n in zip(times, sizes):
+        k = int((t - (first - 5)) / 0.1)
+        if 0 <= k < 50:
+            bins[k] += n
+    mean = sum(bins) / 50
+    out["lumps"] = sum(1 for b in bins if b < mean / 2)
     for k, (lab, at) in enumerate(marks):
         until = marks[k + 1][1] if k + 1 < len(marks) else at + 20
         gaps = [b - a for a, b in zip(times, times[1:]) if b > at and a < until]
@@ -332,6 +343,7 @@ def selftest():
     line = json.loads(open(summary).read())
     assert line["gaps"] == {"B fails": gap * 1e3, "B back": 10.0}, line
     assert line["quiet_ms"] == 10.0 and line["mbit"] == [38.0, 38.0, 38.0], line
+    assert line["lumps"] == 0, line
     code, out = run("report", paths["bad.json"], paths["send.json"])
     assert code == 1 and "CRC32 DIFFERENT" in out, out
 
