@@ -287,6 +287,9 @@ impl StripedPipe {
         s.abort(&err);
         let was_up = self.session.is_stripe_up(i);
         self.session.stripe_down(i);
+        if was_up {
+            self.suspect_path_of(i, &err);
+        }
         let left = self.stripes.iter().flatten().count();
         let what = if was_up { "lost" } else { "failed" };
         // With several paths, a path that dies loses all its stripes at

@@ -11,9 +11,9 @@
 use std::time::Instant;
 
 use log::{info, warn};
-use striper_core::PipeError;
 use striper_core::config::human_bytes;
 use striper_core::metrics::PathCounters;
+use striper_core::{ErrorKind, PipeError};
 
 use super::StripedPipe;
 use crate::path::PathSpec;
@@ -233,6 +233,23 @@ impl StripedPipe {
 
     /// Stripe `i` was lost (`err`): if it was its path's last, the path is
     /// down, once.
+    /// Stripe `i` was reset: its path's other stripes most likely are too,
+    /// but each learns it only when its next segment has crossed the path
+    /// and the RST has come back. With other paths to carry them, what
+    /// they hold goes out again there now.
+    pub(super) fn suspect_path_of(&mut self, i: usize, err: &PipeError) {
+        if err.kind != ErrorKind::Reset || !self.paths.several() {
+            return;
+        }
+        let Some(k) = self.paths.index_of(i) else {
+            return;
+        };
+        let per = self.paths.per_path;
+        for j in (k * per..(k + 1) * per).filter(|&j| j != i) {
+            self.session.suspect_stripe(j);
+        }
+    }
+
     pub(super) fn note_path_down(&mut self, i: usize, err: &PipeError, now: Instant) {
         let Some(k) = self.paths.index_of(i) else {
             return;

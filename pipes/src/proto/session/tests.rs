@@ -605,3 +605,28 @@ fn a_long_stripe_is_used_within_one_round_trip_of_the_best() {
         "20 KB: the short stripe is sooner"
     );
 }
+
+/// A stripe suspected (another stripe of its path was just reset) has
+/// what it carries sent again on a stripe of another path at once, and
+/// is not given those bytes back; once only.
+#[test]
+fn a_suspected_stripe_has_its_bytes_sent_again_elsewhere_once() {
+    let mut s = Session::new(SessionConfig::default(), 3);
+    let t0 = Instant::now();
+    for i in 0..3 {
+        s.stripe_up(i, t0);
+    }
+    s.set_stripe_writable(0, false);
+    s.set_stripe_writable(2, false);
+    assert_eq!(s.write(&[7u8; 1000]), 1000);
+    let t = s.poll_transmit().expect("data");
+    assert_eq!((t.stripe, t.data), (1, Some((0, 1000))));
+    s.set_stripe_writable(2, true);
+    s.set_stripe_writable(1, true);
+    s.suspect_stripe(1);
+    let t = s.poll_transmit().expect("the same range again");
+    assert_eq!((t.stripe, t.data), (2, Some((0, 1000))));
+    assert_eq!(s.stats().bytes_resent, 1000);
+    s.suspect_stripe(1);
+    assert!(s.poll_transmit().is_none(), "once");
+}
