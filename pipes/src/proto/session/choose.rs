@@ -77,7 +77,7 @@ impl Session {
         // The backlog decides whether a slower free stripe is worth it. An
         // application held back by our small unsent limit has more than we
         // see: a bulk stream's backlog is what the stripes carry together
-        // in one round trip of the slowest, so a slower stripe is used
+        // in one round trip of the longest path, so a slower stripe is used
         // while its frame arrives within that round trip of the best one's
         // (never beyond half the peer's window). Counting only the 64 KiB
         // we hold, a path 30 ms longer than the fast one was never used (a
@@ -87,10 +87,14 @@ impl Session {
         // stream in lumps (a 100 ms bin in three under half the mean).
         let waiting = self.send.waiting();
         let backlog = if self.send.at_unsent_limit() {
+            // The paths' own round trips (min RTT), not their queues: a
+            // stripe whose cap just dropped has a deep queue, and counting
+            // it let that stripe keep taking frames (bench-caps: recovery
+            // from a cap drop 0.5-3.5 s instead of 0.05).
             let (mut rate, mut rtt) = (0.0, 0.0f64);
-            for v in self.views.iter().filter(|v| v.up) {
+            for (v, s) in self.views.iter().zip(&self.stripes).filter(|(v, _)| v.up) {
                 rate += v.rate.unwrap_or(0.0);
-                rtt = rtt.max(v.rtt.map_or(0.0, |r| r.as_secs_f64()));
+                rtt = rtt.max(s.min_rtt.map_or(0.0, |r| r.as_secs_f64()));
             }
             let round = (rate * rtt) as u64;
             waiting.max(round.min(self.send.window_room() / 2))

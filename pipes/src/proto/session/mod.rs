@@ -339,8 +339,18 @@ impl Session {
             // Busy means the kernel held bytes it could not send yet; bytes
             // merely in flight are not a backlog: on a long path a stripe
             // given one frame a round trip has them all the time, and its
-            // app-limited samples dragged its rate down to nothing.
-            s.rate.on_sample(now, delivered, kernel_unsent > 0);
+            // app-limited samples dragged its rate down to nothing. A first
+            // estimate still counts bytes in flight: in slow start a
+            // stripe's unsent queue runs empty now and then, stripes went
+            // unmeasured for seconds, and the session fed only the one with
+            // the lowest round trip (bench-caps: 33 of 76 Mbit/s over the
+            // first 4 s in one run of four).
+            let first = s.rate.rate().is_none();
+            s.rate.on_sample(
+                now,
+                delivered,
+                kernel_unsent > 0 || (first && kernel_queued > 0),
+            );
             if rtt.is_some() {
                 s.rtt = rtt;
             }

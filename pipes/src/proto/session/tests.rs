@@ -571,6 +571,8 @@ fn a_long_stripe_is_used_within_one_round_trip_of_the_best() {
                 slow,
             );
         }
+        s.set_stripe_min_rtt(0, Duration::from_millis(20));
+        s.set_stripe_min_rtt(1, Duration::from_millis(80));
         s.set_stripe_writable(0, false);
         s
     };
