@@ -35,17 +35,6 @@ pub(super) struct PathState {
     ever_up: bool,
 }
 
-impl PathState {
-    /// As logs name it: "127.0.0.2->h:7900 (backup)".
-    fn label(&self) -> String {
-        if self.spec.backup {
-            format!("{} (backup)", self.name)
-        } else {
-            self.name.clone()
-        }
-    }
-}
-
 /// One path of a session as the metrics see it.
 pub struct PathReading<'a> {
     pub name: &'a str,
@@ -102,7 +91,7 @@ impl Paths {
     /// several.
     pub(super) fn name_stripe(&self, stripe: usize) -> String {
         match self.of(stripe) {
-            Some(p) if self.several() => format!("stripe {stripe} (path {})", p.label()),
+            Some(p) if self.several() => format!("stripe {stripe} (path {})", p.spec.label()),
             _ => format!("stripe {stripe}"),
         }
     }
@@ -119,9 +108,13 @@ impl Paths {
         }
     }
 
+    /// The stripes of path `k`.
+    fn stripes_of(&self, k: usize) -> std::ops::Range<usize> {
+        k * self.per_path..(k + 1) * self.per_path
+    }
+
     fn stripes_up(&self, k: usize, session: &Session) -> usize {
-        let from = k * self.per_path;
-        (from..from + self.per_path)
+        self.stripes_of(k)
             .filter(|&i| session.is_stripe_up(i))
             .count()
     }
@@ -145,7 +138,7 @@ impl Paths {
             .map(|p| {
                 format!(
                     "{} out {} in {}",
-                    p.label(),
+                    p.spec.label(),
                     human_bytes(p.bytes_out),
                     human_bytes(p.bytes_in)
                 )
@@ -219,20 +212,18 @@ impl StripedPipe {
             Some(since) => info!(
                 "{}: path {} is back after {:.1} s ({up} of {total} paths up)",
                 self.label,
-                p.label(),
+                p.spec.label(),
                 now.saturating_duration_since(since).as_secs_f64()
             ),
             None if !was_up => info!(
                 "{}: path {} up ({up} of {total} paths up)",
                 self.label,
-                p.label()
+                p.spec.label()
             ),
             None => {}
         }
     }
 
-    /// Stripe `i` was lost (`err`): if it was its path's last, the path is
-    /// down, once.
     /// Stripe `i` was reset: its path's other stripes most likely are too,
     /// but each learns it only when its next segment has crossed the path
     /// and the RST has come back. With other paths to carry them, what
@@ -244,12 +235,13 @@ impl StripedPipe {
         let Some(k) = self.paths.index_of(i) else {
             return;
         };
-        let per = self.paths.per_path;
-        for j in (k * per..(k + 1) * per).filter(|&j| j != i) {
+        for j in self.paths.stripes_of(k).filter(|&j| j != i) {
             self.session.suspect_stripe(j);
         }
     }
 
+    /// Stripe `i` was lost (`err`): if it was its path's last, the path is
+    /// down, once.
     pub(super) fn note_path_down(&mut self, i: usize, err: &PipeError, now: Instant) {
         let Some(k) = self.paths.index_of(i) else {
             return;
@@ -275,6 +267,10 @@ impl StripedPipe {
                 format!("only backup paths left ({up} of {total}): they take over; re-dialing it")
             }
         };
-        warn!("{}: path {} down: {err}; {rest}", self.label, p.label());
+        warn!(
+            "{}: path {} down: {err}; {rest}",
+            self.label,
+            p.spec.label()
+        );
     }
 }

@@ -25,6 +25,13 @@ impl Session {
         if !self.is_stripe_up(i) || self.suspects & bit(i) != 0 || self.stripes_up() < 2 {
             return;
         }
+        self.resend_around(i);
+    }
+
+    /// What stripe `i` carries goes out again on the others (at most
+    /// [`STALL_RESEND_MAX`] bytes), and re-sends avoid it until the ACK
+    /// passes what was re-sent.
+    fn resend_around(&mut self, i: usize) {
         let until = self.send.resend_from(i, STALL_RESEND_MAX);
         self.stall_bypassed_until = self.stall_bypassed_until.max(until);
         self.suspects |= bit(i);
@@ -96,9 +103,7 @@ impl Session {
         if !ack_stalled && !hol_slow {
             return;
         }
-        let until = self.send.resend_from(i, STALL_RESEND_MAX);
-        self.stall_bypassed_until = self.stall_bypassed_until.max(until);
-        self.suspects |= bit(i);
+        self.resend_around(i);
         // The next stripe's stall counts from here: the re-sent copy needs
         // its round trip.
         self.ack_progress_at = Some(now);
